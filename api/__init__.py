@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI); never imports torch or worker code."""

@@ -1,0 +1,20 @@
+"""Names that cross processes: task names, queues, model ids."""
+
+import re
+
+TRAIN_TASK = "gpt2ft.run_job"
+GENERATE_TASK = "gpt2ft.generate"
+TRAINING_QUEUE = "training"
+INFERENCE_QUEUE = "inference"
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def fine_tuned_model_id(base_model: str, owner: str, suffix: str | None, job_id: str) -> str:
+    """ft:<base>:<owner>:<suffix>:<job-id>, OpenAI's shape; the suffix may be empty."""
+    return f"ft:{base_model}:{_SAFE.sub('-', owner)}:{_SAFE.sub('-', suffix or '')}:{job_id}"
+
+
+def checkpoint_model_id(fine_tuned_id: str, step: int) -> str:
+    """The model id of a checkpoint: <fine-tuned id>:ckpt-step-<N>."""
+    return f"{fine_tuned_id}:ckpt-step-{step}"

@@ -1,0 +1,72 @@
+"""One settings object for every process, read from the environment."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """gpt2ft configuration; each field names its environment variable."""
+
+    model_config = SettingsConfigDict(env_prefix="GPT2FT_", extra="ignore")
+
+    # Everything the service stores lives under home unless overridden.
+    home: Path = Field(default=Path("var"))
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "GPT2FT_DATABASE_URL")
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "GPT2FT_REDIS_URL"),
+    )
+    models_dir: Path | None = None
+    tokenizer_dir: Path | None = None
+    dev_api_key: str | None = None
+    dev_owner: str = "dev"
+
+    # 100 MiB: a GPT-2 corpus larger than this belongs in object storage, not a form post.
+    max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    # A worker that misses three heartbeats loses its job to another worker.
+    lease_seconds: float = Field(default=60.0, gt=0)
+    heartbeat_seconds: float = Field(default=15.0, gt=0)
+    # How often the sweep re-sends unclaimed jobs and reclaims lapsed leases.
+    sweep_interval_seconds: float = Field(default=15.0, gt=0)
+    # A queued job nobody claimed for this long is sent again.
+    requeue_after_seconds: float = Field(default=30.0, ge=0)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    # Completions wait this long for a worker before answering 503.
+    completion_timeout_seconds: float = Field(default=120.0, gt=0)
+    # Loaded models kept per inference worker.
+    inference_cache_size: int = Field(default=2, ge=1, le=32)
+    metrics_flush_seconds: float = Field(default=2.0, gt=0)
+    log_level: str = "INFO"
+
+    @property
+    def resolved_database_url(self) -> str:
+        """DATABASE_URL, or the SQLite file under home."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'gpt2ft.db').resolve()}"
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        """Folder of local base models (each sub-folder with a config.json)."""
+        return (self.models_dir or self.home / "models").resolve()
+
+    @property
+    def resolved_tokenizer_dir(self) -> Path:
+        """Folder holding the offline GPT-2 tokenizer files (vocab.json, merges.txt)."""
+        return (self.tokenizer_dir or self.home / "tokenizer" / "gpt2").resolve()
+
+    @property
+    def storage_dir(self) -> Path:
+        """Root of uploaded files, job outputs and checkpoints."""
+        return (self.home / "storage").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests call get_settings.cache_clear() after changing env."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Celery workers: claim jobs, run the training engine, report to the database."""
