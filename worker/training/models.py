@@ -1,0 +1,144 @@
+"""Base-model availability and loading: local folders and Hugging Face catalog names."""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from shared.catalog import BaseModel
+from shared.settings import get_settings
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+# Only the files a GPT-2 needs: never the .bin/.h5/.msgpack copies a hub repo also holds.
+DOWNLOAD_PATTERNS = [
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+]
+# A hub that does not answer within this many seconds counts as unreachable.
+HUB_TIMEOUT_SECONDS = 10.0
+
+
+class ModelUnavailable(Exception):
+    """A base model that cannot be loaded here; str() is the message to show the user."""
+
+
+def _hub_offline() -> bool:
+    # Read at call time, not import time: tests and operators flip it per process.
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _check_local_folder(base: BaseModel) -> None:
+    folder = Path(base.location)
+    missing = []
+    if not (folder / "config.json").is_file():
+        missing.append("config.json")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        hint = " (only pytorch_model.bin found: re-save with save_pretrained)"
+        has_bin = (folder / "pytorch_model.bin").is_file()
+        missing.append("model.safetensors" + (hint if has_bin else ""))
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        missing.append("a tokenizer (tokenizer.json or vocab.json + merges.txt)")
+    if missing:
+        raise ModelUnavailable(
+            f"model {base.name} in {folder} is incomplete: missing {', '.join(missing)}; "
+            "save it with model.save_pretrained() and tokenizer.save_pretrained() into that folder"
+        )
+
+
+def _in_hub_cache(repo: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    def cached(name: str) -> bool:
+        return isinstance(try_to_load_from_cache(repo, name), str)
+
+    return (
+        cached("config.json")
+        and any(cached(name) for name in WEIGHT_FILES)
+        and any(cached(name) for name in TOKENIZER_FILES)
+    )
+
+
+def _unavailable_message(base: BaseModel, reason: str) -> str:
+    models_dir = get_settings().resolved_models_dir
+    return (
+        f"model {base.name} is not in the local Hugging Face cache and {reason}; "
+        f"on a machine with internet run `hf download {base.location}` and copy "
+        f"~/.cache/huggingface, or save it with save_pretrained into {models_dir / base.name}"
+    )
+
+
+def _download_from_hub(base: BaseModel) -> None:
+    from huggingface_hub import HfApi, snapshot_download
+
+    try:
+        # A quick metadata call first, so an unreachable hub fails in seconds, not minutes.
+        HfApi().model_info(base.location, timeout=HUB_TIMEOUT_SECONDS)
+        snapshot_download(
+            base.location, allow_patterns=DOWNLOAD_PATTERNS, etag_timeout=HUB_TIMEOUT_SECONDS
+        )
+    except Exception as exc:  # any network/hub failure means the same thing to the user
+        reason = f"the hub cannot be reached ({type(exc).__name__})"
+        raise ModelUnavailable(_unavailable_message(base, reason)) from None
+    if not _in_hub_cache(base.location):
+        reason = "the hub has no safetensors weights for it"
+        raise ModelUnavailable(_unavailable_message(base, reason))
+
+
+def ensure_available(base: BaseModel) -> None:
+    """Raise ModelUnavailable (a user-facing message) unless base can be loaded now."""
+    if base.source == "local":
+        _check_local_folder(base)
+        return
+    if _in_hub_cache(base.location):
+        return
+    if _hub_offline():
+        raise ModelUnavailable(_unavailable_message(base, "the hub cannot be reached"))
+    _download_from_hub(base)
+
+
+def _load_kwargs() -> dict[str, Any]:
+    # Offline: never let from_pretrained try the network and wait for timeouts.
+    return {"local_files_only": True} if _hub_offline() else {}
+
+
+def load_tokenizer(location: str) -> Any:
+    """The model's tokenizer; GPT-2 has no pad token, so EOS doubles as one."""
+    tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False, **_load_kwargs())
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(location: str, device: str | torch.device) -> Any:
+    """The model in float32 on device (mixed precision comes from autocast), SDPA attention."""
+    model = AutoModelForCausalLM.from_pretrained(
+        location,
+        trust_remote_code=False,
+        use_safetensors=True,
+        dtype=torch.float32,
+        attn_implementation="sdpa",
+        **_load_kwargs(),
+    )
+    return model.to(device)
+
+
+def model_context_length(location: str) -> int:
+    """n_positions from the model's config (GPT-2's longest sequence)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(location, trust_remote_code=False, **_load_kwargs())
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    raise ValueError(f"{location}: config.json gives no context length (n_positions)")

@@ -1,0 +1,162 @@
+"""Resolve requested hyperparameters against the model and corpus into a runnable plan."""
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.catalog import BaseModel
+from shared.spec import (
+    Hyperparameters,
+    TrainingSpec,
+    auto_batch_size,
+    auto_block_size,
+    auto_epochs,
+    resolve_learning_rate,
+)
+from worker.training.data import (
+    count_tokens,
+    group_texts,
+    join_with_eos,
+    split_blocks,
+    tokenize_records,
+)
+from worker.training.models import load_tokenizer, model_context_length
+
+# Shorter blocks teach the model almost nothing about context; refuse rather than pretend.
+MIN_BLOCK_SIZE = 16
+
+
+class PlanError(Exception):
+    """A job that cannot run as asked; .param names the field, the message says what to do."""
+
+    def __init__(self, param: str, message: str) -> None:
+        self.param = param
+        super().__init__(message)
+
+
+@dataclass
+class Plan:
+    """What the engine will run: the resolved spec and the blocks it trains on."""
+
+    spec: TrainingSpec
+    train_blocks: list[list[int]]
+    valid_blocks: list[list[int]]
+    train_tokens: int
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def message(self) -> str:
+        """One line for the job's event log."""
+        s = self.summary
+        return (
+            f"Planned {s['n_epochs']} epochs of {s['steps_per_epoch']} steps "
+            f"(batch {s['batch_size']}, block {s['block_size']} tokens): "
+            f"{s['train_blocks']} training blocks ({s['train_tokens']} tokens), "
+            f"{s['valid_blocks']} validation blocks"
+        )
+
+
+def _stream(texts: list[str], tokenizer: Any) -> list[int]:
+    return join_with_eos(tokenize_records(texts, tokenizer), tokenizer.eos_token_id)
+
+
+def resolve_block_size(
+    requested: int | None, n_positions: int, n_train: int, n_valid: int | None
+) -> int:
+    """The block size: explicit if it fits, else the model's default shrunk to the corpus."""
+    if requested is not None:
+        if requested > n_positions:
+            raise PlanError(
+                "hyperparameters.block_size",
+                f"block_size {requested} is longer than the model's context of {n_positions} "
+                f"tokens; use {n_positions} or less",
+            )
+        if requested > n_train:
+            raise PlanError(
+                "hyperparameters.block_size",
+                f"block_size {requested} is longer than the training file's {n_train} tokens; "
+                f"use a smaller block_size or add more text",
+            )
+        return requested
+    if n_train < MIN_BLOCK_SIZE:
+        raise PlanError(
+            "training_file",
+            f"the training file has only {n_train} tokens; it needs at least "
+            f"{MIN_BLOCK_SIZE}: add more text",
+        )
+    # Two blocks at least, so one can be held out for validation.
+    block_size = min(auto_block_size(n_positions), max(MIN_BLOCK_SIZE, n_train // 2))
+    if n_valid is not None:
+        if n_valid < MIN_BLOCK_SIZE:
+            raise PlanError(
+                "validation_file",
+                f"the validation file has only {n_valid} tokens; it needs at least "
+                f"{MIN_BLOCK_SIZE}: add more text",
+            )
+        block_size = min(block_size, n_valid)
+    return block_size
+
+
+def plan_training(
+    hp: Hyperparameters,
+    base: BaseModel,
+    train_texts: list[str],
+    valid_texts: list[str] | None,
+    seed: int,
+) -> Plan:
+    """Tokenize, cut into blocks, split, and resolve every "auto" into a TrainingSpec."""
+    tokenizer = load_tokenizer(base.location)
+    n_positions = model_context_length(base.location)
+    train_ids = _stream(train_texts, tokenizer)
+    valid_ids = _stream(valid_texts, tokenizer) if valid_texts is not None else None
+    n_valid_ids = len(valid_ids) if valid_ids is not None else None
+    block_size = resolve_block_size(hp.block_size, n_positions, len(train_ids), n_valid_ids)
+
+    if valid_ids is not None:
+        validation_split = 0.0
+        train_blocks = group_texts(train_ids, block_size)
+        valid_blocks = group_texts(valid_ids, block_size)
+        if not valid_blocks:
+            raise PlanError(
+                "validation_file",
+                f"the validation file has {len(valid_ids)} tokens, fewer than block_size "
+                f"{block_size}; add more text or use a smaller block_size",
+            )
+    else:
+        validation_split = hp.validation_split
+        train_blocks, valid_blocks = split_blocks(
+            group_texts(train_ids, block_size), validation_split, seed
+        )
+
+    n_train = len(train_blocks)
+    batch_size = auto_batch_size(n_train) if hp.batch_size == "auto" else hp.batch_size
+    n_epochs = auto_epochs(n_train) if hp.n_epochs == "auto" else hp.n_epochs
+    learning_rate, multiplier = resolve_learning_rate(hp, base.base_learning_rate)
+    spec = TrainingSpec(
+        model=base.name,
+        model_location=base.location,
+        n_epochs=n_epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        learning_rate_multiplier=multiplier,
+        block_size=block_size,
+        validation_split=validation_split,
+        warmup_ratio=hp.warmup_ratio,
+        weight_decay=hp.weight_decay,
+        seed=seed,
+    )
+    train_tokens = count_tokens(train_blocks)
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    summary = {
+        "corpus_tokens": len(train_ids),
+        "train_tokens": train_tokens,
+        "valid_tokens": count_tokens(valid_blocks),
+        "train_blocks": n_train,
+        "valid_blocks": len(valid_blocks),
+        "block_size": block_size,
+        "batch_size": batch_size,
+        "n_epochs": n_epochs,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": steps_per_epoch * n_epochs,
+        "trained_tokens": train_tokens * n_epochs,
+    }
+    return Plan(spec, train_blocks, valid_blocks, train_tokens, summary)
