@@ -1,0 +1,27 @@
+"""The FastAPI application factory."""
+
+import logging
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from api.auth import require_owner
+from api.errors import install_error_handlers
+from api.routes import completions, files, health, jobs, models
+
+log = logging.getLogger(__name__)
+
+
+def create_app() -> FastAPI:
+    """The gpt2ft API: OpenAI-shaped routes under /v1, probes at the root."""
+    app = FastAPI(
+        title="gpt2ft",
+        version="0.1.0",
+        summary="Self-hosted GPT-2 fine-tuning with an OpenAI-shaped API",
+    )
+    install_error_handlers(app)
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_owner)])
+    for module in (files, jobs, models, completions):
+        v1.include_router(module.router)
+    app.include_router(v1)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,87 @@
+"""A send-only Celery app: wakes workers; never the source of truth."""
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeout
+
+from api.errors import ApiError
+from shared.naming import GENERATE_TASK, INFERENCE_QUEUE, TRAIN_TASK, TRAINING_QUEUE
+from shared.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+# One quick retry: a down broker must not hold a request; the worker's sweep re-sends.
+_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.3}
+
+
+@lru_cache(maxsize=4)
+def queue_app(redis_url: str) -> Celery:
+    """The Celery app that sends to redis_url (one per URL, so tests can switch)."""
+    app = Celery("gpt2ft-api", broker=redis_url, backend=redis_url)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        broker_connection_retry=False,
+        broker_connection_retry_on_startup=False,
+        broker_connection_max_retries=1,
+        broker_connection_timeout=2,
+        redis_socket_connect_timeout=2,
+        redis_socket_timeout=10,
+        result_expires=600,
+    )
+    return app
+
+
+def current_app() -> Celery:
+    """The send-only app for the configured Redis."""
+    return queue_app(get_settings().redis_url)
+
+
+def send_training(job_id: str) -> bool:
+    """Wake a training worker for job_id; False (logged) when the broker is unreachable."""
+    try:
+        current_app().send_task(
+            TRAIN_TASK, args=[job_id], queue=TRAINING_QUEUE, retry=True, retry_policy=_RETRY_POLICY
+        )
+    except Exception as exc:  # the job row is committed; the sweep re-sends it later
+        log.warning(
+            "could not send %s for %s (a worker sweep will retry): %s", TRAIN_TASK, job_id, exc
+        )
+        return False
+    return True
+
+
+def run_generation(request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Send a generate request to the inference queue and wait for its answer."""
+    no_worker = ApiError(
+        503,
+        f"no inference worker answered within {timeout:g}s; is `gpt2ft worker` running?",
+        type="server_error",
+        code="no_worker",
+    )
+    try:
+        result = current_app().send_task(
+            GENERATE_TASK,
+            kwargs={"request": request},
+            queue=INFERENCE_QUEUE,
+            expires=timeout,  # a worker that starts later must not run a request nobody awaits
+            retry=True,
+            retry_policy=_RETRY_POLICY,
+        )
+    except Exception as exc:
+        log.warning("could not send %s: %s", GENERATE_TASK, exc)
+        raise no_worker from None
+    try:
+        answer = result.get(timeout=timeout, propagate=False)
+    except CeleryTimeout:
+        raise no_worker from None
+    finally:
+        result.forget()
+    if isinstance(answer, BaseException) or not isinstance(answer, dict):
+        log.warning("inference worker failed: %r", answer)
+        raise ApiError(500, f"the inference worker failed: {answer}", type="server_error")
+    return answer

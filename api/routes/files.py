@@ -1,0 +1,194 @@
+"""Files: upload (streamed, validated), list, read, download, delete."""
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.auth import Owner
+from api.errors import ApiError, not_found
+from api.pagination import cursor_row, newest_first
+from api.schemas import Deleted, FileOut, ListPage
+from api.uploads import Upload, receive_upload
+from shared.datasets import DatasetError, detect_format, validate_dataset
+from shared.db.models import TERMINAL_STATUSES, File, Job
+from shared.db.session import session_scope
+from shared.ids import new_id, now_ts
+from shared.settings import get_settings
+from shared.storage import get_storage
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/files", tags=["files"])
+PURPOSES = ("fine-tune",)
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {"type": "string", "enum": list(PURPOSES)},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def file_out(row: File) -> FileOut:
+    """The OpenAI file object for a row."""
+    return FileOut(
+        id=row.id,
+        bytes=row.bytes,
+        created_at=row.created_at,
+        filename=row.filename,
+        purpose=row.purpose,
+        format=row.format,
+        records=row.records,
+    )
+
+
+def find_file(session: Session, owner: str, file_id: str) -> File | None:
+    """The caller's live file, or None (another owner's reads as missing)."""
+    row = session.get(File, file_id)
+    if row is None or row.owner != owner or row.deleted_at is not None:
+        return None
+    return row
+
+
+def _store_upload(owner: str, upload: Upload) -> FileOut:
+    """Validate the spooled upload, move it under its generated id, insert the row."""
+    purpose = upload.fields.get("purpose", "")
+    if purpose not in PURPOSES:
+        raise ApiError(400, f"purpose must be 'fine-tune' (got {purpose!r})", param="purpose")
+    if upload.filename is None or upload.file_field != "file":
+        raise ApiError(400, "missing multipart field 'file'", param="file")
+    try:
+        fmt = detect_format(upload.filename)
+        info = validate_dataset(upload.path, fmt)
+    except DatasetError as exc:
+        raise ApiError(
+            400, f"{upload.filename}: {exc}", param="file", code="invalid_file"
+        ) from None
+    storage = get_storage()
+    file_id = new_id("file")
+    final = storage.file_path(file_id)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    upload.path.rename(final)
+    try:
+        with session_scope() as session:
+            row = File(
+                id=file_id,
+                owner=owner,
+                filename=upload.filename[:255],
+                purpose=purpose,
+                bytes=upload.size,
+                format=info.format,
+                records=info.records,
+                created_at=now_ts(),
+            )
+            session.add(row)
+    except BaseException:
+        final.unlink(missing_ok=True)
+        raise
+    return file_out(row)
+
+
+@router.post(
+    "",
+    response_model=FileOut,
+    operation_id="createFile",
+    summary="Upload a training or validation file",
+    openapi_extra=UPLOAD_BODY,
+)
+async def create_file(request: Request, owner: Owner) -> FileOut:
+    """Stream the upload to scratch space, validate it, then keep it under a generated id."""
+    settings = get_settings()
+    storage = get_storage()
+    tmp_dir = await run_in_threadpool(storage.tmp_dir)
+    upload = await receive_upload(request, tmp_dir, settings.max_upload_bytes)
+    try:
+        return await run_in_threadpool(_store_upload, owner, upload)
+    finally:
+        upload.path.unlink(missing_ok=True)
+
+
+@router.get("", response_model=ListPage[FileOut], operation_id="listFiles", summary="List files")
+def list_files(
+    owner: Owner,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+    purpose: str | None = None,
+) -> ListPage[FileOut]:
+    """The caller's files, newest first."""
+    with session_scope() as session:
+        after_row = cursor_row(lambda i: find_file(session, owner, i), after)
+        query = select(File).where(File.owner == owner, File.deleted_at.is_(None))
+        if purpose is not None:
+            query = query.where(File.purpose == purpose)
+        rows, has_more = newest_first(session, query, after_row, [File.created_at, File.id], limit)
+        return ListPage[FileOut](data=[file_out(r) for r in rows], has_more=has_more)
+
+
+@router.get(
+    "/{file_id}", response_model=FileOut, operation_id="readFile", summary="Retrieve a file"
+)
+def read_file(file_id: str, owner: Owner) -> FileOut:
+    """One of the caller's files."""
+    with session_scope() as session:
+        row = find_file(session, owner, file_id)
+        if row is None:
+            raise not_found("file", file_id)
+        return file_out(row)
+
+
+@router.get(
+    "/{file_id}/content",
+    response_class=FileResponse,
+    operation_id="downloadFile",
+    summary="Download a file's bytes",
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def download_file(file_id: str, owner: Owner) -> FileResponse:
+    """The stored bytes, exactly as uploaded."""
+    with session_scope() as session:
+        row = find_file(session, owner, file_id)
+        if row is None:
+            raise not_found("file", file_id)
+    path = get_storage().file_path(file_id)
+    if not path.is_file():
+        raise ApiError(404, f"the bytes of {file_id} are missing from storage", type="server_error")
+    return FileResponse(path, media_type="application/octet-stream", filename=row.filename)
+
+
+@router.delete(
+    "/{file_id}", response_model=Deleted, operation_id="deleteFile", summary="Delete a file"
+)
+def delete_file(file_id: str, owner: Owner) -> Deleted:
+    """Forget the file and remove its bytes; refused while an unfinished job uses it."""
+    with session_scope() as session:
+        row = find_file(session, owner, file_id)
+        if row is None:
+            raise not_found("file", file_id)
+        user = session.scalars(
+            select(Job.id).where(
+                (Job.training_file == file_id) | (Job.validation_file == file_id),
+                Job.status.not_in([s.value for s in TERMINAL_STATUSES]),
+            )
+        ).first()
+        if user is not None:
+            raise ApiError(
+                409, f"{file_id} is used by {user}, which has not finished; cancel it first"
+            )
+        row.deleted_at = now_ts()
+    get_storage().file_path(file_id).unlink(missing_ok=True)
+    return Deleted(id=file_id, object="file")

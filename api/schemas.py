@@ -1,0 +1,208 @@
+"""Request and response bodies, shaped like OpenAI's objects; separate from the ORM."""
+
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+
+class ListPage(BaseModel, Generic[T]):
+    """A cursor page: the SDK's SyncCursorPage (and SyncPage, which ignores has_more)."""
+
+    object: Literal["list"] = "list"
+    data: list[T]
+    has_more: bool = False
+
+
+class Deleted(BaseModel):
+    """What DELETE returns."""
+
+    id: str
+    object: str
+    deleted: bool = True
+
+
+class FileOut(BaseModel):
+    """OpenAI's file object, plus the format and record count gpt2ft found."""
+
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: Literal["uploaded", "processed", "error"] = "processed"
+    status_details: str | None = None
+    expires_at: int | None = None
+    format: str
+    records: int
+
+
+class SupervisedIn(BaseModel):
+    """method.supervised of a create-job body."""
+
+    model_config = ConfigDict(extra="forbid")
+    hyperparameters: dict[str, Any] | None = None
+
+
+class MethodIn(BaseModel):
+    """OpenAI's method object; only supervised fine-tuning exists for GPT-2 here."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["supervised"] = "supervised"
+    supervised: SupervisedIn | None = None
+
+
+class JobCreate(BaseModel):
+    """OpenAI's create-job body plus gpt2ft's extension hyperparameters at the top level."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(description="A base model from GET /v1/models")
+    training_file: str
+    validation_file: str | None = None
+    hyperparameters: dict[str, Any] | None = Field(
+        default=None,
+        description="n_epochs, batch_size, learning_rate_multiplier (int or auto) "
+        "and the gpt2ft extensions learning_rate, block_size, validation_split, warmup_ratio, "
+        "weight_decay",
+    )
+    suffix: Annotated[str, Field(max_length=40, pattern=r"^[A-Za-z0-9_-]*$")] | None = None
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    method: MethodIn | None = None
+    integrations: list[Any] | None = None
+    metadata: dict[str, str] | None = None
+    learning_rate: float | None = None
+    block_size: int | None = None
+    validation_split: float | None = None
+    warmup_ratio: float | None = None
+    weight_decay: float | None = None
+
+
+class JobErrorOut(BaseModel):
+    """Why a job failed."""
+
+    code: str
+    message: str
+    param: str | None = None
+
+
+class MethodOut(BaseModel):
+    """method as OpenAI shows it."""
+
+    type: Literal["supervised"] = "supervised"
+    supervised: dict[str, Any]
+
+
+class JobOut(BaseModel):
+    """OpenAI's fine_tuning.job plus progress fields (steps_completed, total_steps, progress)."""
+
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    error: JobErrorOut | None = None
+    fine_tuned_model: str | None = None
+    finished_at: int | None = None
+    hyperparameters: dict[str, Any]
+    model: str
+    organization_id: str
+    result_files: list[str] = []
+    seed: int
+    status: str
+    trained_tokens: int | None = None
+    training_file: str
+    validation_file: str | None = None
+    estimated_finish: int | None = None
+    integrations: list[Any] | None = None
+    metadata: dict[str, str] | None = None
+    user_provided_suffix: str | None = None
+    method: MethodOut
+    steps_completed: int = 0
+    total_steps: int | None = None
+    epoch: float | None = None
+    progress: float | None = None
+
+
+class EventOut(BaseModel):
+    """OpenAI's fine_tuning.job.event."""
+
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    data: dict[str, Any] | None = None
+    type: str | None = None
+
+
+class CheckpointMetrics(BaseModel):
+    """The metrics OpenAI shows for a checkpoint; unknown ones stay out."""
+
+    step: float | None = None
+    train_loss: float | None = None
+    valid_loss: float | None = None
+    train_mean_token_accuracy: float | None = None
+    valid_mean_token_accuracy: float | None = None
+    full_valid_loss: float | None = None
+    full_valid_mean_token_accuracy: float | None = None
+
+
+class CheckpointOut(BaseModel):
+    """OpenAI's fine_tuning.job.checkpoint."""
+
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: CheckpointMetrics
+    step_number: int
+
+
+class ModelOut(BaseModel):
+    """OpenAI's model object."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class CompletionCreate(BaseModel):
+    """OpenAI's completion body (non-streaming) plus top_k."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    prompt: str | list[str] = ""
+    max_tokens: Annotated[int, Field(ge=1, le=2048)] = 16
+    temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
+    top_p: Annotated[float, Field(ge=0, le=1)] = 1.0
+    n: Annotated[int, Field(ge=1, le=16)] = 1
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    seed: int | None = None
+    echo: bool = False
+    top_k: Annotated[int, Field(ge=0, le=50_000)] | None = None
+    stream: Literal[False] | None = None
+    logprobs: Literal[0] | None = None
+    user: str | None = None
+
+
+class ChoiceOut(BaseModel):
+    """One generated text."""
+
+    text: str
+    index: int
+    finish_reason: str
+    logprobs: dict[str, Any] | None = None
+
+
+class CompletionOut(BaseModel):
+    """OpenAI's text_completion."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[ChoiceOut]
+    usage: dict[str, int] | None = None
+    system_fingerprint: str | None = None

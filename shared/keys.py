@@ -1,0 +1,106 @@
+"""API keys: stored as sha256 hex, compared in constant time, never logged."""
+
+import hashlib
+import hmac
+import secrets
+import string
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from shared.db.models import ApiKey
+from shared.db.session import session_scope
+from shared.ids import new_id, now_ts
+
+KEY_PREFIX = "sk-gpt2ft-"
+_KEY_ALPHABET = string.ascii_letters + string.digits
+
+
+def hash_key(plain: str) -> str:
+    """The stored form of a key: sha256 hex of its UTF-8 bytes."""
+    return hashlib.sha256(plain.encode("utf-8")).hexdigest()
+
+
+def generate_key() -> str:
+    """A new plain key: sk-gpt2ft- and 40 random letters and digits."""
+    return KEY_PREFIX + "".join(secrets.choice(_KEY_ALPHABET) for _ in range(40))
+
+
+def _insert(owner: str, plain: str, name: str | None) -> str:
+    key_id = new_id("key")
+    with session_scope() as session:
+        session.add(
+            ApiKey(id=key_id, owner=owner, key_hash=hash_key(plain), name=name, created_at=now_ts())
+        )
+    return key_id
+
+
+def create_api_key(owner: str, name: str | None = None) -> str:
+    """Register a new key for owner; the plain key is returned once and never stored."""
+    plain = generate_key()
+    _insert(owner, plain, name)
+    return plain
+
+
+def ensure_api_key(owner: str, plain: str, name: str | None = "dev") -> str:
+    """Register plain for owner unless it already is (idempotent); returns the key id."""
+    if not plain:
+        raise ValueError("an empty API key cannot be registered")
+    for _ in range(2):
+        with session_scope() as session:
+            row = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(plain))).first()
+            if row is not None:
+                if row.owner != owner:
+                    raise ValueError(f"this key is already registered to another owner ({row.id})")
+                if row.revoked_at is not None:
+                    raise ValueError(f"this key ({row.id}) was revoked; configure a new one")
+                return row.id
+        try:
+            return _insert(owner, plain, name)
+        except IntegrityError:
+            continue  # another process registered it between our read and insert
+    raise RuntimeError("could not register the API key")
+
+
+def revoke_api_key(key: str) -> bool:
+    """Revoke by key id or plain key; False when no active key matched."""
+    with session_scope() as session:
+        result = session.execute(
+            update(ApiKey)
+            .where((ApiKey.id == key) | (ApiKey.key_hash == hash_key(key)))
+            .where(ApiKey.revoked_at.is_(None))
+            .values(revoked_at=now_ts())
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+
+def owner_for_key(plain: str) -> str | None:
+    """The owner of an active key, or None for unknown or revoked keys."""
+    if not plain:
+        return None
+    digest = hash_key(plain)
+    with session_scope() as session:
+        row = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).first()
+        if row is None or row.revoked_at is not None:
+            return None
+        if not hmac.compare_digest(row.key_hash, digest):
+            return None
+        return row.owner
+
+
+def list_api_keys(owner: str | None = None) -> list[dict[str, object]]:
+    """Key ids, owners, names and dates (never hashes), optionally for one owner."""
+    with session_scope() as session:
+        query = select(ApiKey).order_by(ApiKey.created_at)
+        if owner is not None:
+            query = query.where(ApiKey.owner == owner)
+        return [
+            {
+                "id": row.id,
+                "owner": row.owner,
+                "name": row.name,
+                "created_at": row.created_at,
+                "revoked_at": row.revoked_at,
+            }
+            for row in session.scalars(query)
+        ]
