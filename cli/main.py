@@ -1,0 +1,84 @@
+"""The gpt2ft command line: api, worker, migrate, setup, keys and the dev supervisor `run`."""
+
+from typing import Annotated
+
+import typer
+
+from cli.bootstrap import migrate_database, run_setup
+from cli.keys import keys_app
+from shared.settings import get_settings
+
+app = typer.Typer(
+    help="gpt2ft: fine-tune GPT-2 models behind an OpenAI-shaped API.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(keys_app, name="keys")
+
+DEFAULT_PORT = 8000
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="PORT", help="TCP port.")] = DEFAULT_PORT,
+) -> None:
+    """Serve the HTTP API (uvicorn, factory api.app:create_app)."""
+    import uvicorn
+
+    settings = get_settings()
+    if settings.dev_api_key:
+        from shared.keys import ensure_api_key
+
+        ensure_api_key(settings.dev_owner, settings.dev_api_key)
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Run the Celery training and inference workers and the sweep until stopped."""
+    from worker.main import run_worker
+
+    raise typer.Exit(run_worker())
+
+
+@app.command()
+def migrate() -> None:
+    """Create the home folder and bring the database to the newest schema."""
+    url = migrate_database(get_settings())
+    typer.echo(f"database {url} is at the newest revision")
+
+
+@app.command()
+def setup() -> None:
+    """Home folders, migrations, the offline GPT-2 tokenizer and the gpt2-tiny base model."""
+    run_setup(get_settings(), typer.echo)
+
+
+@app.command()
+def run(
+    port: Annotated[int, typer.Option(envvar="PORT", help="API port.")] = DEFAULT_PORT,
+) -> None:
+    """Development: set up, start Redis, the API and a worker; Ctrl-C stops them all."""
+    from cli.run import run_dev
+
+    try:
+        code = run_dev(port)
+    except KeyboardInterrupt:  # Ctrl-C during setup, before the supervisor handles signals
+        code = 130
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
