@@ -1,0 +1,177 @@
+"""The training loop on gpt2-tiny: learning, checkpoints, stop reasons, exact resume."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from shared.catalog import find_base_model
+from shared.spec import Hyperparameters
+from worker.training.callbacks import RecordingCallbacks
+from worker.training.checkpoints import (
+    STATE_FILE,
+    latest_checkpoint,
+    load_training_state,
+    remove_partial_checkpoints,
+)
+from worker.training.engine import train
+from worker.training.plan import Plan, plan_training
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. " * 3,
+    "Pack my box with five dozen liquor jugs. " * 3,
+    "How vexingly quick daft zebras jump! " * 3,
+] * 6
+
+
+@dataclass
+class StopAt(RecordingCallbacks):
+    """Answers reason from the stop_after-th should_stop call on (0-based step count)."""
+
+    stop_after: int = 0
+    reason: str = "cancel"
+    calls: int = 0
+
+    def should_stop(self) -> str | None:
+        self.calls += 1
+        return self.reason if self.calls > self.stop_after else None
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def plan(models_dir: Path) -> Plan:
+    base = find_base_model("gpt2-tiny", models_dir)
+    assert base is not None
+    hp = Hyperparameters(n_epochs=3, batch_size=4, block_size=32, learning_rate=5e-3)
+    return plan_training(hp, base, CORPUS, None, seed=11)
+
+
+def run(plan: Plan, out: Path, callbacks: RecordingCallbacks, **kwargs):
+    return train(
+        plan.spec,
+        plan.train_blocks,
+        plan.valid_blocks,
+        out / "checkpoints",
+        out / "model",
+        callbacks,
+        **kwargs,
+    )
+
+
+def test_plan_fixture_shape(plan: Plan) -> None:
+    assert (len(plan.train_blocks), len(plan.valid_blocks)) == (16, 2)
+    assert plan.summary["steps_per_epoch"] == 4
+
+
+def test_training_learns_and_saves_loadable_models(plan: Plan, tmp_path: Path) -> None:
+    callbacks = RecordingCallbacks()
+    result = run(plan, tmp_path, callbacks)
+
+    assert result.stopped is None and result.step == 12
+    assert result.trained_tokens == 3 * plan.train_tokens == 3 * 16 * 32
+    assert result.model_dir == tmp_path / "model"
+    valid_losses = [metrics["valid_loss"] for _, metrics in callbacks.evals]
+    assert len(valid_losses) == 3
+    assert valid_losses[2] < valid_losses[0] - 1.0, valid_losses
+    assert callbacks.evals[0][1]["valid_perplexity"] == pytest.approx(
+        2.718281828 ** valid_losses[0]
+    )
+    assert result.final_metrics["valid_loss"] == valid_losses[2]
+    assert 0.0 <= result.final_metrics["valid_mean_token_accuracy"] <= 1.0
+
+    assert [step for step, _ in callbacks.logs] == list(range(1, 13))
+    first, last = callbacks.logs[0][1], callbacks.logs[-1][1]
+    assert set(first) == {"step", "epoch", "train_loss", "learning_rate", "tokens_seen"}
+    assert first["epoch"] == 0.25 and first["tokens_seen"] == 4 * 32
+    assert last["train_loss"] < first["train_loss"] - 1.0
+    learning_rates = [metrics["learning_rate"] for _, metrics in callbacks.logs]
+    assert max(learning_rates) <= 5e-3 and learning_rates[-1] < learning_rates[2]
+    assert "Epoch 1/3 done: valid_loss" in "\n".join(callbacks.messages)
+
+    steps = [step for step, _, _ in callbacks.checkpoints]
+    assert steps == [4, 8, 12]
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step-00000004", "step-00000008", "step-00000012"]
+    assert callbacks.checkpoints[1][2]["epoch"] == 2 and "valid_loss" in callbacks.checkpoints[1][2]
+    checkpoint_model = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoints" / names[0])
+    assert checkpoint_model.config.n_layer == 2
+
+    final = tmp_path / "model"
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json"):
+        assert (final / name).is_file(), name
+    assert not (final / STATE_FILE).exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    final_model = AutoModelForCausalLM.from_pretrained(final)
+    saved = load_file(final / "model.safetensors")
+    assert torch.equal(final_model.transformer.wte.weight, saved["transformer.wte.weight"])
+
+
+def test_cancel_stops_within_a_step_and_writes_nothing(plan: Plan, tmp_path: Path) -> None:
+    callbacks = StopAt(stop_after=2, reason="cancel")
+    result = run(plan, tmp_path, callbacks)
+    assert (result.stopped, result.step, result.model_dir) == ("cancel", 2, None)
+    assert result.trained_tokens == 2 * 4 * 32
+    assert len(callbacks.logs) == 2 and callbacks.checkpoints == []
+    assert not (tmp_path / "model").exists()
+
+
+def test_lease_lost_writes_nothing_more(plan: Plan, tmp_path: Path) -> None:
+    callbacks = StopAt(stop_after=6, reason="lease_lost")
+    result = run(plan, tmp_path, callbacks)
+    assert (result.stopped, result.step) == ("lease_lost", 6)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000004"]
+    assert not (tmp_path / "model").exists()
+
+
+def test_pause_then_resume_matches_an_uninterrupted_run(plan: Plan, tmp_path: Path) -> None:
+    spec = plan.spec.model_copy(update={"n_epochs": 2})
+    two_epochs = Plan(spec, plan.train_blocks, plan.valid_blocks, plan.train_tokens)
+    straight = RecordingCallbacks()
+    run(two_epochs, tmp_path / "straight", straight)
+
+    paused = StopAt(stop_after=6, reason="pause")
+    result = run(two_epochs, tmp_path / "paused", paused)
+    assert (result.stopped, result.step, result.model_dir) == ("pause", 6, None)
+    assert [step for step, _, _ in paused.checkpoints] == [4, 6]
+    assert paused.checkpoints[1][2]["epoch"] == 1.5
+    checkpoint = latest_checkpoint(tmp_path / "paused" / "checkpoints")
+    assert checkpoint is not None and checkpoint.name == "step-00000006"
+    assert load_training_state(checkpoint)["progress"]["step_in_epoch"] == 2
+
+    resumed = RecordingCallbacks()
+    result = run(two_epochs, tmp_path / "paused", resumed, resume_from=checkpoint)
+    assert (result.stopped, result.step) == (None, 8)
+    assert [step for step, _ in resumed.logs] == [7, 8]
+    assert resumed.logs == straight.logs[6:]
+    assert resumed.evals[-1][1]["valid_loss"] == straight.evals[-1][1]["valid_loss"]
+    straight_weights = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    resumed_weights = load_file(tmp_path / "paused" / "model" / "model.safetensors")
+    assert all(torch.equal(straight_weights[k], resumed_weights[k]) for k in straight_weights)
+
+
+def test_without_validation_blocks_reports_train_loss(plan: Plan, tmp_path: Path) -> None:
+    spec = plan.spec.model_copy(update={"n_epochs": 1})
+    callbacks = RecordingCallbacks()
+    result = train(spec, plan.train_blocks, [], tmp_path / "c", tmp_path / "m", callbacks)
+    assert result.stopped is None and callbacks.evals == []
+    assert any(m.startswith("Epoch 1/1 done: train_loss ") for m in callbacks.messages)
+    assert "valid_loss" not in result.final_metrics and result.final_metrics["train_loss"] > 0
+
+
+def test_latest_and_partial_checkpoints(tmp_path: Path) -> None:
+    assert latest_checkpoint(tmp_path / "missing") is None
+    for name in ("step-00000002", "step-00000010", "step-00000009"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / STATE_FILE).write_bytes(b"x")
+    (tmp_path / "step-00000011").mkdir()  # no state file: not a checkpoint
+    (tmp_path / ".step-00000012-abc").mkdir()
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-00000010"
+    assert remove_partial_checkpoints(tmp_path) == [tmp_path / ".step-00000012-abc"]
+    assert not (tmp_path / ".step-00000012-abc").exists()
