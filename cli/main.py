@@ -12,6 +12,7 @@ app = typer.Typer(
     help="gpt2ft: fine-tune GPT-2 models behind an OpenAI-shaped API.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals can hold API keys and database passwords
 )
 app.add_typer(keys_app, name="keys")
 

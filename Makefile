@@ -1,0 +1,47 @@
+# gpt2ft developer entry points: `make run` and `make test` work on a fresh clone.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# Re-install only when a requirements file or the project metadata changed.
+STAMP := $(VENV)/.installed
+REQUIREMENTS := $(wildcard requirements/*.txt) pyproject.toml
+SOURCES := api shared worker cli
+
+.PHONY: run test lint format install tokenizer clean
+
+run: install
+	$(BIN)/gpt2ft run
+
+test: install tokenizer lint
+	$(BIN)/pytest tests -v -rs
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy $(SOURCES)
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# The same two pip commands build the Docker images (Dockerfile.api, Dockerfile.worker).
+$(STAMP): $(BIN)/python $(REQUIREMENTS)
+	$(BIN)/python -m pip install -c requirements/constraints.txt -r requirements/dev.txt
+	$(BIN)/python -m pip install --no-deps -e .
+	touch $(STAMP)
+
+# OpenAI's GPT-2 BPE files into var/tokenizer/gpt2, where tests/conftest.py looks.
+tokenizer: install
+	$(BIN)/python -c "from pathlib import Path; \
+	from shared.tokenizer_files import fetch_tokenizer_files as fetch; \
+	print('tokenizer:', fetch(Path('var/tokenizer/gpt2')))"
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+	@echo "kept var/ (your database, uploads, models, dev API key): rm -rf var to reset"
