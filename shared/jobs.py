@@ -1,0 +1,170 @@
+"""Job ownership in SQL: compare-and-set claims, leases, fencing, events."""
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table, and_, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from shared.db.models import Job, JobEvent, JobStatus
+from shared.ids import new_id, now_ts
+
+CLAIMABLE = (JobStatus.validating_files, JobStatus.queued)
+LEASED = (JobStatus.validating_files, JobStatus.queued, JobStatus.running)
+
+
+class LeaseLost(RuntimeError):
+    """Another worker owns the job now (or it was reclaimed): stop without writing."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Proof of ownership; attempt is the fencing token every write is checked against."""
+
+    job_id: str
+    owner: str
+    attempt: int
+    claimed_status: str
+
+
+def claim_job(
+    session: Session, job_id: str, worker_id: str, lease_seconds: float, max_attempts: int
+) -> Lease | None:
+    """Take the job if it is claimable; None when another worker has it or it is not runnable."""
+    now = time.time()
+    status = session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
+    if status not in CLAIMABLE:
+        return None
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status == status,
+            Job.cancel_requested.is_(False),
+            Job.attempt < max_attempts,
+            or_(Job.lease_owner.is_(None), Job.lease_expires_at < now),
+        )
+        .values(
+            lease_owner=worker_id,
+            lease_expires_at=now + lease_seconds,
+            attempt=Job.attempt + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    attempt = session.execute(select(Job.attempt).where(Job.id == job_id)).scalar_one()
+    return Lease(job_id=job_id, owner=worker_id, attempt=attempt, claimed_status=status)
+
+
+def _owned(lease: Lease) -> Any:
+    return and_(
+        Job.id == lease.job_id, Job.lease_owner == lease.owner, Job.attempt == lease.attempt
+    )
+
+
+def fenced_update(session: Session, lease: Lease, **values: Any) -> None:
+    """UPDATE the job only while this lease holds it; raises LeaseLost otherwise.
+
+    Run it first in a transaction: on SQLite the UPDATE takes the write lock and on
+    Postgres it locks the row, so the writes after it cannot race a new owner.
+    """
+    result = session.execute(
+        update(Job)
+        .where(_owned(lease))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise LeaseLost(f"job {lease.job_id}: lease of attempt {lease.attempt} is gone")
+
+
+def renew_lease(session: Session, lease: Lease, lease_seconds: float) -> tuple[bool, bool]:
+    """Extend the lease; returns (cancel_requested, pause_requested). Raises LeaseLost."""
+    fenced_update(session, lease, lease_expires_at=time.time() + lease_seconds)
+    row = session.execute(
+        select(Job.cancel_requested, Job.pause_requested).where(Job.id == lease.job_id)
+    ).one()
+    return bool(row[0]), bool(row[1])
+
+
+def release_job(
+    session: Session, lease: Lease, status: str, refund_attempt: bool, **values: Any
+) -> None:
+    """Give the job up (queued or paused); a refunded attempt does not count towards max."""
+    attempt = Job.attempt - 1 if refund_attempt else Job.attempt
+    fenced_update(
+        session,
+        lease,
+        status=status,
+        lease_owner=None,
+        lease_expires_at=None,
+        attempt=attempt,
+        enqueued_at=time.time(),
+        **values,
+    )
+
+
+def finish_job(session: Session, lease: Lease, status: str, **values: Any) -> None:
+    """End the job (succeeded, failed, cancelled) and drop the lease."""
+    fenced_update(
+        session,
+        lease,
+        status=status,
+        lease_owner=None,
+        lease_expires_at=None,
+        finished_at=now_ts(),
+        **values,
+    )
+
+
+def _insert(session: Session) -> Any:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def upsert(session: Session, table: Table, rows: list[dict[str, Any]], keys: list[str]) -> None:
+    """INSERT rows, updating the non-key columns on conflict with keys (SQLite and Postgres)."""
+    if not rows:
+        return
+    statement = _insert(session)(table).values(rows)
+    fixed = {*keys, "id", "seq", "created_at"}
+    changing = {c: statement.excluded[c] for c in rows[0] if c not in fixed}
+    session.execute(statement.on_conflict_do_update(index_elements=keys, set_=changing))
+
+
+def event_row(
+    job_id: str,
+    message: str,
+    level: str = "info",
+    type: str = "message",
+    data: dict[str, Any] | None = None,
+    dedupe_key: str | None = None,
+) -> dict[str, Any]:
+    """A job_events row; give a dedupe_key to make replays of the same event idempotent."""
+    return {
+        "id": new_id("ftevent"),
+        "job_id": job_id,
+        "created_at": now_ts(),
+        "level": level,
+        "type": type,
+        "message": message,
+        "data": data,
+        "dedupe_key": dedupe_key,
+    }
+
+
+def add_events(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert events; ones with a dedupe_key already present are updated, not duplicated."""
+    # One row per key: Postgres refuses to update the same row twice in one statement.
+    keyed = list({r["dedupe_key"]: r for r in rows if r["dedupe_key"] is not None}.values())
+    plain = [r for r in rows if r["dedupe_key"] is None]
+    if plain:
+        session.execute(_insert(session)(JobEvent.__table__).values(plain))
+    upsert(session, JobEvent.__table__, keyed, ["job_id", "dedupe_key"])  # type: ignore[arg-type]
+
+
+def add_event(session: Session, job_id: str, message: str, **fields: Any) -> None:
+    """Insert one message event."""
+    add_events(session, [event_row(job_id, message, **fields)])

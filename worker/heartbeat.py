@@ -1,0 +1,54 @@
+"""Lease renewal in a background thread; it flags loss, cancel and pause for the loop."""
+
+import logging
+import threading
+import time
+
+from shared.db.session import session_scope
+from shared.jobs import Lease, LeaseLost, renew_lease
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """Renews the lease every interval; a failed renewal marks the lease lost."""
+
+    def __init__(self, lease: Lease, lease_seconds: float, interval: float) -> None:
+        self.lease = lease
+        self.lease_seconds = lease_seconds
+        self.interval = interval
+        self.lost = threading.Event()
+        self.cancel_requested = False
+        self.pause_requested = False
+        self._expires_at = time.time() + lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 5)
+
+    def beat(self) -> None:
+        """Renew once now; DB errors are retried until the lease would have expired."""
+        try:
+            with session_scope() as session:
+                flags = renew_lease(session, self.lease, self.lease_seconds)
+        except LeaseLost:
+            log.warning("job %s: lease lost; stopping without writing", self.lease.job_id)
+            self.lost.set()
+            return
+        except Exception as exc:  # a DB blip: keep trying while the lease still holds
+            log.warning("job %s: heartbeat failed: %s", self.lease.job_id, exc)
+            if time.time() >= self._expires_at:
+                self.lost.set()
+            return
+        self._expires_at = time.time() + self.lease_seconds
+        self.cancel_requested, self.pause_requested = flags
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval) and not self.lost.is_set():
+            self.beat()

@@ -1,0 +1,180 @@
+"""Training callbacks that write to the database in batches, fenced by the job's lease."""
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from shared.db.models import Checkpoint, Job, Metric
+from shared.db.session import session_scope
+from shared.ids import new_id, now_ts
+from shared.jobs import Lease, LeaseLost, add_events, event_row, fenced_update, upsert
+from shared.naming import checkpoint_model_id
+from shared.storage import Storage
+from worker.heartbeat import Heartbeat
+from worker.shutdown import shutdown_requested
+
+log = logging.getLogger(__name__)
+# Cancel and pause flags are read at most this often: "within a few steps", cheaply.
+FLAG_POLL_SECONDS = 0.5
+
+
+class DbReporter:
+    """Implements TrainingCallbacks; buffers metrics and events, flushes every few seconds."""
+
+    def __init__(
+        self,
+        lease: Lease,
+        heartbeat: Heartbeat,
+        storage: Storage,
+        fine_tuned_id: str,
+        total_steps: int,
+        flush_seconds: float,
+    ) -> None:
+        self.lease = lease
+        self.heartbeat = heartbeat
+        self.storage = storage
+        self.fine_tuned_id = fine_tuned_id
+        self.total_steps = total_steps
+        self.flush_seconds = flush_seconds
+        self.stop_cause: str | None = None
+        self._metrics: dict[int, dict[str, Any]] = {}
+        self._events: list[dict[str, Any]] = []
+        self._progress: dict[str, Any] = {}
+        self._last_log: tuple[int, dict[str, float]] | None = None
+        self._last_flush = time.monotonic()
+        self._last_poll = 0.0
+        self._started = time.monotonic()
+        self._first_step: int | None = None
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        """Buffer one step's metrics (a metrics row and a metrics event)."""
+        self._last_log = (step, metrics)
+        self._buffer_metrics(step, metrics)
+        self._track_progress(step, metrics)
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        """Merge validation results into the step's row and flush."""
+        merged = dict(self._last_log[1]) if self._last_log and self._last_log[0] == step else {}
+        merged.update(metrics)
+        self._buffer_metrics(step, merged)
+        self.flush()
+
+    def on_checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
+        """Record a complete checkpoint folder (the row comes after the rename)."""
+        self.flush()
+        row = {
+            "id": new_id("ftckpt"),
+            "job_id": self.lease.job_id,
+            "owner": "",
+            "step": step,
+            "epoch": metrics.get("epoch"),
+            "path": self.storage.relative(path),
+            "metrics": {"step": step, **metrics},
+            "created_at": now_ts(),
+            "fine_tuned_model_checkpoint": checkpoint_model_id(self.fine_tuned_id, step),
+        }
+        self._write(checkpoint=row, events=[self._message_row(f"Checkpoint saved at step {step}")])
+
+    def on_message(self, message: str, data: dict[str, Any] | None = None) -> None:
+        """Queue a message event; flushed with the next batch (now, if nothing else waits)."""
+        self._events.append(self._message_row(message, data))
+        self.flush()
+
+    def should_stop(self) -> str | None:
+        """lease_lost, cancel, pause (also for SIGTERM, remembered as stop_cause) or None."""
+        if self.heartbeat.lost.is_set():
+            return "lease_lost"
+        if shutdown_requested():
+            self.stop_cause = "shutdown"
+            return "pause"
+        now = time.monotonic()
+        if now - self._last_poll >= FLAG_POLL_SECONDS:
+            self._last_poll = now
+            self._poll_flags()
+        if self.heartbeat.cancel_requested:
+            return "cancel"
+        if self.heartbeat.pause_requested:
+            self.stop_cause = "pause"
+            return "pause"
+        return None
+
+    def flush(self) -> None:
+        """Write buffered metrics, events and progress in one fenced transaction."""
+        self._last_flush = time.monotonic()
+        if self._metrics or self._events or self._progress:
+            self._write()
+
+    def _write(self, checkpoint: dict[str, Any] | None = None, events: list | None = None) -> None:
+        metrics, pending = list(self._metrics.values()), self._events + (events or [])
+        try:
+            with session_scope() as session:
+                fenced_update(session, self.lease, **self._progress)
+                upsert(session, Metric.__table__, metrics, ["job_id", "step"])  # type: ignore[arg-type]
+                add_events(session, pending)
+                if checkpoint is not None:
+                    owner = session.get(Job, self.lease.job_id).owner  # type: ignore[union-attr]
+                    upsert(
+                        session,
+                        Checkpoint.__table__,
+                        [{**checkpoint, "owner": owner}],  # type: ignore[arg-type]
+                        ["job_id", "step"],
+                    )
+        except LeaseLost:
+            self.heartbeat.lost.set()
+            self._metrics, self._events = {}, []
+            raise
+        self._metrics, self._events, self._progress = {}, [], {}
+
+    def _poll_flags(self) -> None:
+        try:
+            with session_scope() as session:
+                job = session.get(Job, self.lease.job_id)
+                if (
+                    job is None
+                    or job.lease_owner != self.lease.owner
+                    or job.attempt != self.lease.attempt
+                ):
+                    self.heartbeat.lost.set()
+                    return
+                self.heartbeat.cancel_requested = job.cancel_requested
+                self.heartbeat.pause_requested = job.pause_requested
+        except Exception as exc:  # the heartbeat decides about loss; a missed poll is harmless
+            log.warning("job %s: flag poll failed: %s", self.lease.job_id, exc)
+
+    def _buffer_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        data = {"step": step, "total_steps": self.total_steps, **metrics}
+        self._metrics[step] = {
+            "job_id": self.lease.job_id,
+            "step": step,
+            "epoch": metrics.get("epoch"),
+            "train_loss": metrics.get("train_loss"),
+            "valid_loss": metrics.get("valid_loss"),
+            "learning_rate": metrics.get("learning_rate"),
+            "data": data,
+            "created_at": now_ts(),
+        }
+        text = f"Step {step}/{self.total_steps}"
+        if "train_loss" in metrics:
+            text += f": training loss={metrics['train_loss']:.4f}"
+        if "valid_loss" in metrics:
+            text += f", validation loss={metrics['valid_loss']:.4f}"
+        self._events.append(
+            event_row(self.lease.job_id, text, type="metrics", data=data, dedupe_key=f"step:{step}")
+        )
+
+    def _track_progress(self, step: int, metrics: dict[str, float]) -> None:
+        if self._first_step is None:
+            self._first_step, self._started = step, time.monotonic()
+        done = step - self._first_step
+        self._progress = {"steps_completed": step, "epoch": metrics.get("epoch")}
+        if done > 0:
+            per_step = (time.monotonic() - self._started) / done
+            self._progress["estimated_finish"] = int(
+                time.time() + per_step * (self.total_steps - step)
+            )
+
+    def _message_row(self, message: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+        return event_row(self.lease.job_id, message, data=data)

@@ -1,0 +1,254 @@
+"""One job, start to end: claim, validate files, plan, train, record the outcome."""
+
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from shared.catalog import find_base_model
+from shared.datasets import DatasetError, read_texts
+from shared.db.models import File, FineTunedModel, Job, JobStatus
+from shared.db.session import session_scope
+from shared.ids import now_ts
+from shared.jobs import (
+    Lease,
+    LeaseLost,
+    add_events,
+    claim_job,
+    event_row,
+    fenced_update,
+    finish_job,
+    release_job,
+)
+from shared.naming import fine_tuned_model_id
+from shared.settings import Settings, get_settings
+from shared.spec import Hyperparameters
+from shared.storage import Storage, get_storage
+from worker.heartbeat import Heartbeat
+from worker.reporting import DbReporter
+
+log = logging.getLogger(__name__)
+
+
+class JobFailure(Exception):
+    """A job that cannot succeed as submitted; becomes the job's OpenAI-shaped error."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.error = {"code": code, "message": message, "param": param}
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """The columns run_job needs, read once in a short session."""
+
+    id: str
+    owner: str
+    model: str
+    training_file: str
+    validation_file: str | None
+    suffix: str | None
+    seed: int
+    hyperparameters: dict[str, Any]
+
+
+@lru_cache
+def worker_identity() -> str:
+    """host:pid:random, unique per worker process: the lease owner."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def record(lease: Lease, message: str, **values: Any) -> None:
+    """Update the job (fenced) and add one message event in a single transaction."""
+    with session_scope() as session:
+        fenced_update(session, lease, **values)
+        add_events(session, [event_row(lease.job_id, message)])
+
+
+def run_job(job_id: str, worker_id: str) -> None:
+    """Claim job_id and run it to an outcome; returns quietly if another worker has it."""
+    settings, storage = get_settings(), get_storage()
+    with session_scope() as session:
+        lease = claim_job(session, job_id, worker_id, settings.lease_seconds, settings.max_attempts)
+    if lease is None:
+        log.info("job %s: not claimable (taken, finished or cancelled)", job_id)
+        return
+    log.info("job %s: claimed (attempt %d)", job_id, lease.attempt)
+    with Heartbeat(lease, settings.lease_seconds, settings.heartbeat_seconds) as heartbeat:
+        try:
+            _run_claimed(lease, heartbeat, settings, storage)
+        except LeaseLost:
+            log.warning("job %s: lease lost; another worker owns it now", job_id)
+        except JobFailure as failure:
+            _fail(lease, failure.error)
+        except Exception as exc:
+            log.exception("job %s: failed", job_id)
+            _fail(
+                lease,
+                {
+                    "code": "internal_error",
+                    "message": f"{type(exc).__name__}: {exc}",
+                    "param": None,
+                },
+            )
+
+
+def _fail(lease: Lease, error: dict[str, Any]) -> None:
+    try:
+        with session_scope() as session:
+            finish_job(session, lease, JobStatus.failed, error=error)
+            add_events(
+                session, [event_row(lease.job_id, f"Job failed: {error['message']}", level="error")]
+            )
+    except LeaseLost:
+        log.warning("job %s: lease lost before the failure could be recorded", lease.job_id)
+
+
+def _snapshot(job_id: str) -> JobSnapshot:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return JobSnapshot(
+            job.id,
+            job.owner,
+            job.model,
+            job.training_file,
+            job.validation_file,
+            job.suffix,
+            job.seed,
+            dict(job.hyperparameters),
+        )
+
+
+def _read_file(file_id: str, param: str, owner: str, storage: Storage) -> list[str]:
+    with session_scope() as session:
+        row = session.get(File, file_id)
+        fmt = row.format if row and row.owner == owner and row.deleted_at is None else None
+    if fmt is None:
+        raise JobFailure("invalid_file", f"{param} {file_id} no longer exists", param)
+    try:
+        return read_texts(storage.file_path(file_id), fmt)
+    except DatasetError as exc:
+        raise JobFailure("invalid_file", f"{param} {file_id}: {exc}", param) from None
+
+
+def prepare(job: JobSnapshot, settings: Settings, storage: Storage) -> Any:
+    """Check the model and files and resolve the plan; JobFailure says what is wrong."""
+    from worker.training.models import ModelUnavailable, ensure_available
+    from worker.training.plan import PlanError, plan_training
+
+    base = find_base_model(job.model, settings.resolved_models_dir)
+    if base is None:
+        raise JobFailure("model_not_found", f"model {job.model!r} does not exist", "model")
+    try:
+        ensure_available(base)
+    except ModelUnavailable as exc:
+        raise JobFailure("model_not_available", str(exc), "model") from None
+    train_texts = _read_file(job.training_file, "training_file", job.owner, storage)
+    valid_texts = (
+        _read_file(job.validation_file, "validation_file", job.owner, storage)
+        if job.validation_file
+        else None
+    )
+    try:
+        hp = Hyperparameters.model_validate(job.hyperparameters)
+        return plan_training(hp, base, train_texts, valid_texts, job.seed)
+    except PlanError as exc:
+        raise JobFailure("invalid_hyperparameters", str(exc), exc.param) from None
+
+
+def _run_claimed(lease: Lease, heartbeat: Heartbeat, settings: Settings, storage: Storage) -> None:
+    from worker.training.checkpoints import latest_checkpoint, remove_partial_checkpoints
+    from worker.training.engine import train
+
+    job = _snapshot(lease.job_id)
+    if lease.claimed_status == JobStatus.validating_files:
+        record(lease, f"Validating training file: {job.training_file}")
+    plan = prepare(job, settings, storage)
+    total_steps = plan.summary["total_steps"]
+    if lease.claimed_status == JobStatus.validating_files:
+        record(
+            lease,
+            f"Files validated. {plan.message()}",
+            status=JobStatus.queued,
+            resolved=plan.spec.shown(),
+            total_steps=total_steps,
+        )
+    checkpoints_dir = storage.checkpoints_dir(job.id)
+    remove_partial_checkpoints(checkpoints_dir)
+    resume_from = latest_checkpoint(checkpoints_dir)
+    started = (
+        f"Resumed from step {int(resume_from.name.split('-')[-1])} (attempt {lease.attempt})"
+        if resume_from
+        else "Job started"
+    )
+    record(
+        lease,
+        started,
+        status=JobStatus.running,
+        resolved=plan.spec.shown(),
+        total_steps=total_steps,
+    )
+    ft_id = fine_tuned_model_id(job.model, job.owner, job.suffix, job.id)
+    reporter = DbReporter(
+        lease, heartbeat, storage, ft_id, total_steps, settings.metrics_flush_seconds
+    )
+    result = train(
+        plan.spec,
+        plan.train_blocks,
+        plan.valid_blocks,
+        checkpoints_dir,
+        storage.model_dir(job.id),
+        reporter,
+        resume_from=resume_from,
+    )
+    if result.stopped == "lease_lost":
+        raise LeaseLost(f"job {job.id}: lease lost during training")
+    reporter.flush()
+    _record_outcome(lease, job, result, reporter, ft_id, storage)
+
+
+def _record_outcome(
+    lease: Lease, job: JobSnapshot, result: Any, reporter: DbReporter, ft_id: str, storage: Storage
+) -> None:
+    with session_scope() as session:
+        if result.stopped is None:
+            finish_job(
+                session,
+                lease,
+                JobStatus.succeeded,
+                fine_tuned_model=ft_id,
+                trained_tokens=result.trained_tokens,
+                steps_completed=result.step,
+                estimated_finish=None,
+            )
+            session.add(
+                FineTunedModel(
+                    id=ft_id,
+                    owner=job.owner,
+                    job_id=job.id,
+                    base_model=job.model,
+                    created_at=now_ts(),
+                    path=storage.relative(storage.model_dir(job.id)),
+                )
+            )
+            message = "The job has successfully completed"
+        elif result.stopped == "cancel":
+            finish_job(session, lease, JobStatus.cancelled, cancel_requested=False)
+            message = f"Job cancelled at step {result.step}"
+        elif reporter.stop_cause == "shutdown":
+            release_job(session, lease, JobStatus.queued, refund_attempt=True)
+            message = f"Worker shutting down: checkpointed at step {result.step}; job requeued"
+        else:
+            release_job(
+                session, lease, JobStatus.paused, refund_attempt=True, pause_requested=False
+            )
+            message = f"Job paused at step {result.step}"
+        add_events(session, [event_row(job.id, message)])
+    if reporter.stop_cause == "shutdown":
+        from worker.dispatch import send_job
+
+        send_job(job.id)

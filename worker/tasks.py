@@ -1,0 +1,33 @@
+"""Thin Celery tasks: the logic lives in run_job and the training engine."""
+
+import logging
+from typing import Any
+
+from celery import signals
+
+from shared.naming import GENERATE_TASK, TRAIN_TASK
+from worker.celery_app import app
+from worker.run_job import run_job, worker_identity
+from worker.shutdown import request_shutdown
+
+log = logging.getLogger(__name__)
+
+
+@signals.worker_shutting_down.connect
+def _on_shutdown(**_: Any) -> None:
+    """SIGTERM: the running job checkpoints at its next step and goes back to the queue."""
+    request_shutdown()
+
+
+@app.task(name=TRAIN_TASK, ignore_result=True)
+def run_job_task(job_id: str) -> None:
+    """Claim the job and train it; a duplicate message finds the job claimed and returns."""
+    run_job(job_id, worker_identity())
+
+
+@app.task(name=GENERATE_TASK, ignore_result=False)
+def generate_task(request: dict[str, Any]) -> dict[str, Any]:
+    """Generate text for /v1/completions; models stay cached in this process."""
+    from worker.inference import handle_generate
+
+    return handle_generate(request)
