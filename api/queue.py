@@ -1,5 +1,6 @@
 """A send-only Celery app: wakes workers; never the source of truth."""
 
+import contextlib
 import logging
 from functools import lru_cache
 from typing import Any
@@ -32,6 +33,8 @@ def queue_app(redis_url: str) -> Celery:
         redis_socket_connect_timeout=2,
         redis_socket_timeout=10,
         result_expires=600,
+        # The result store's default is 20 reconnects a second apart: far too long for a request.
+        result_backend_transport_options={"retry_policy": _RETRY_POLICY},
     )
     return app
 
@@ -45,7 +48,12 @@ def send_training(job_id: str) -> bool:
     """Wake a training worker for job_id; False (logged) when the broker is unreachable."""
     try:
         current_app().send_task(
-            TRAIN_TASK, args=[job_id], queue=TRAINING_QUEUE, retry=True, retry_policy=_RETRY_POLICY
+            TRAIN_TASK,
+            args=[job_id],
+            queue=TRAINING_QUEUE,
+            ignore_result=True,  # job state lives in the database, never in Celery results
+            retry=True,
+            retry_policy=_RETRY_POLICY,
         )
     except Exception as exc:  # the job row is committed; the sweep re-sends it later
         log.warning(
@@ -53,6 +61,18 @@ def send_training(job_id: str) -> bool:
         )
         return False
     return True
+
+
+def _unreachable(exc: Exception) -> ApiError:
+    """503 for a broker or result store that does not answer."""
+    log.warning("task queue unreachable for %s: %s", GENERATE_TASK, exc)
+    queue_app.cache_clear()  # a result consumer that gave up must not serve the next request
+    return ApiError(
+        503,
+        "the task queue (Redis) is unreachable; check REDIS_URL and `gpt2ft worker`",
+        type="server_error",
+        code="queue_unavailable",
+    )
 
 
 def run_generation(request: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -73,14 +93,16 @@ def run_generation(request: dict[str, Any], timeout: float) -> dict[str, Any]:
             retry_policy=_RETRY_POLICY,
         )
     except Exception as exc:
-        log.warning("could not send %s: %s", GENERATE_TASK, exc)
-        raise no_worker from None
+        raise _unreachable(exc) from None
     try:
         answer = result.get(timeout=timeout, propagate=False)
     except CeleryTimeout:
         raise no_worker from None
+    except Exception as exc:
+        raise _unreachable(exc) from None
     finally:
-        result.forget()
+        with contextlib.suppress(Exception):
+            result.forget()
     if isinstance(answer, BaseException) or not isinstance(answer, dict):
         log.warning("inference worker failed: %r", answer)
         raise ApiError(500, f"the inference worker failed: {answer}", type="server_error")

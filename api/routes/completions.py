@@ -1,3 +1,79 @@
+"""Completions: text from a base model, a fine-tuned model or a checkpoint."""
+
 from fastapi import APIRouter
 
-router = APIRouter()
+from api.auth import Owner
+from api.errors import ApiError, not_found
+from api.queue import run_generation
+from api.routes.models import find_checkpoint, find_fine_tuned
+from api.schemas import ChoiceOut, CompletionCreate, CompletionOut
+from shared.catalog import find_base_model
+from shared.db.session import session_scope
+from shared.ids import new_id, now_ts
+from shared.settings import get_settings
+from shared.storage import get_storage
+
+router = APIRouter(prefix="/completions", tags=["completions"])
+
+
+def model_location(owner: str, model_id: str) -> str:
+    """Where a worker loads model_id from: a folder or a hub repository; 404 if unknown."""
+    base = find_base_model(model_id, get_settings().resolved_models_dir)
+    if base is not None:
+        return base.location
+    with session_scope() as session:
+        model = find_fine_tuned(session, owner, model_id)
+        if model is not None:
+            return str(get_storage().absolute(model.path))
+        checkpoint = find_checkpoint(session, owner, model_id)
+        if checkpoint is not None:
+            return str(get_storage().absolute(checkpoint.path))
+    raise not_found("model", model_id, param="model")
+
+
+def generation_request(body: CompletionCreate, location: str) -> dict[str, object]:
+    """The JSON request the inference worker receives."""
+    prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+    stop = [body.stop] if isinstance(body.stop, str) else body.stop
+    return {
+        "model": body.model,
+        "location": location,
+        "prompts": prompts,
+        "max_tokens": body.max_tokens,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "n": body.n,
+        "stop": stop or None,
+        "seed": body.seed,
+        "echo": body.echo,
+        "top_k": body.top_k,
+    }
+
+
+@router.post(
+    "",
+    response_model=CompletionOut,
+    operation_id="createCompletion",
+    summary="Generate text",
+    responses={503: {"description": "no inference worker answered in time"}},
+)
+def create_completion(body: CompletionCreate, owner: Owner) -> CompletionOut:
+    """Ask an inference worker for text and wait (a plain def: the wait runs in the threadpool)."""
+    if isinstance(body.prompt, list) and not body.prompt:
+        raise ApiError(400, "prompt: give a string or a non-empty list of strings", param="prompt")
+    location = model_location(owner, body.model)
+    answer = run_generation(
+        generation_request(body, location), get_settings().completion_timeout_seconds
+    )
+    if "error" in answer:
+        error = answer["error"] or {}
+        raise ApiError(
+            400, str(error.get("message", "generation failed")), param=error.get("param")
+        )
+    return CompletionOut(
+        id=new_id("cmpl"),
+        created=now_ts(),
+        model=body.model,
+        choices=[ChoiceOut(**choice) for choice in answer.get("choices", [])],
+        usage=answer.get("usage"),
+    )

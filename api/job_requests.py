@@ -1,0 +1,96 @@
+"""A create-job body to a validated job row: hyperparameters, model, files, seed."""
+
+import secrets
+import time
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from api.errors import ApiError, not_found, validation_error
+from api.schemas import JobCreate
+from shared.catalog import find_base_model
+from shared.db.models import File, Job, JobStatus
+from shared.ids import new_id, now_ts
+from shared.settings import get_settings
+from shared.spec import EXTENSION_FIELDS, Hyperparameters
+
+
+def _sources(body: JobCreate) -> list[tuple[str, dict[str, Any]]]:
+    """Where hyperparameters may come from, each with the path prefix errors should name."""
+    sources: list[tuple[str, dict[str, Any]]] = []
+    if body.method and body.method.supervised and body.method.supervised.hyperparameters:
+        sources.append(
+            ("method.supervised.hyperparameters.", body.method.supervised.hyperparameters)
+        )
+    if body.hyperparameters:
+        sources.append(("hyperparameters.", body.hyperparameters))
+    top = {
+        name: getattr(body, name) for name in EXTENSION_FIELDS if getattr(body, name) is not None
+    }
+    if top:
+        sources.append(("", top))
+    return sources
+
+
+def requested_hyperparameters(body: JobCreate) -> dict[str, Any]:
+    """The merged request, validated against shared.spec.Hyperparameters ("auto" kept)."""
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for prefix, values in _sources(body):
+        for name, value in values.items():
+            if name in merged and merged[name] != value:
+                raise ApiError(
+                    422,
+                    f"{prefix}{name} conflicts with {origin[name]}{name}; give it once",
+                    param=f"{prefix}{name}",
+                )
+            merged[name], origin[name] = value, prefix
+    try:
+        hp = Hyperparameters.model_validate(merged)
+    except ValidationError as exc:
+        errors = exc.errors()
+        raise validation_error(
+            errors, lambda path: origin.get(path.split(".")[0], "hyperparameters.") + path
+        ) from None
+    return hp.model_dump(mode="json", exclude_unset=True)
+
+
+def _check_file(session: Session, owner: str, file_id: str, param: str) -> None:
+    row = session.get(File, file_id)
+    if row is None or row.owner != owner or row.deleted_at is not None:
+        raise not_found("file", file_id, param=param)
+
+
+def build_job(session: Session, owner: str, body: JobCreate) -> Job:
+    """A new job row in validating_files, after every check that needs no tokenizer."""
+    hyperparameters = requested_hyperparameters(body)
+    if find_base_model(body.model, get_settings().resolved_models_dir) is None:
+        raise ApiError(
+            400,
+            f"model '{body.model}' does not exist; GET /v1/models lists the base models",
+            param="model",
+            code="model_not_found",
+        )
+    _check_file(session, owner, body.training_file, "training_file")
+    if body.validation_file is not None:
+        _check_file(session, owner, body.validation_file, "validation_file")
+    seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+    now = now_ts()
+    return Job(
+        id=new_id("ftjob"),
+        owner=owner,
+        model=body.model,
+        training_file=body.training_file,
+        validation_file=body.validation_file,
+        suffix=body.suffix or None,
+        seed=seed,
+        status=JobStatus.validating_files.value,
+        hyperparameters=hyperparameters,
+        created_at=now,
+        steps_completed=0,
+        cancel_requested=False,
+        pause_requested=False,
+        attempt=0,
+        enqueued_at=time.time(),
+    )

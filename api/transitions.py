@@ -1,0 +1,95 @@
+"""Cancel, pause and resume as compare-and-set UPDATEs, safe against a worker's writes."""
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from api.errors import ApiError, not_found
+from shared.db.models import Job, JobEvent, JobStatus
+from shared.ids import new_id, now_ts
+
+S = JobStatus
+# A worker may change the status between our read and our write: re-read and decide again.
+_ATTEMPTS = 5
+
+# For each action: status -> (new values, event message) or None to return the job unchanged.
+Plan = dict[str, tuple[dict[str, Any], str | None] | None]
+
+
+def _cancel_plan() -> Plan:
+    cancelled = {"status": S.cancelled.value, "finished_at": now_ts(), "cancel_requested": True}
+    return {
+        S.validating_files: (cancelled, "Job cancelled"),
+        S.queued: (cancelled, "Job cancelled"),
+        S.paused: (cancelled, "Job cancelled"),
+        S.running: ({"cancel_requested": True}, "Cancellation requested"),
+        S.cancelled: None,
+    }
+
+
+def _pause_plan() -> Plan:
+    paused = {"status": S.paused.value, "pause_requested": False}
+    return {
+        S.validating_files: (paused, "Job paused"),
+        S.queued: (paused, "Job paused"),
+        S.running: ({"pause_requested": True}, "Pause requested"),
+        S.paused: None,
+    }
+
+
+def _resume_plan() -> Plan:
+    queued = {"status": S.queued.value, "pause_requested": False, "enqueued_at": time.time()}
+    return {S.paused: (queued, "Job resumed")}
+
+
+PLANS: dict[str, Callable[[], Plan]] = {
+    "cancel": _cancel_plan,
+    "pause": _pause_plan,
+    "resume": _resume_plan,
+}
+
+
+def _event(job_id: str, message: str) -> JobEvent:
+    return JobEvent(
+        id=new_id("ftevent"),
+        job_id=job_id,
+        created_at=now_ts(),
+        level="info",
+        type="message",
+        message=message,
+        data=None,
+    )
+
+
+def transition(session: Session, owner: str, job_id: str, action: str) -> tuple[Job, bool]:
+    """Apply action to the caller's job; (job, whether the status changed). 409 if not allowed."""
+    for _ in range(_ATTEMPTS):
+        job = session.get(Job, job_id, populate_existing=True)
+        if job is None or job.owner != owner:
+            raise not_found("job", job_id)
+        plan = PLANS[action]()
+        if job.status not in plan:
+            raise ApiError(
+                409,
+                f"cannot {action} job {job_id}: its status is {job.status}",
+                code="invalid_state",
+            )
+        step = plan[job.status]
+        if step is None:
+            return job, False
+        values, message = step
+        if "status" not in values and all(getattr(job, k) == v for k, v in values.items()):
+            return job, False  # already requested: asking twice changes nothing
+        changed = session.execute(
+            update(Job).where(Job.id == job_id, Job.status == job.status).values(**values)
+        )
+        if getattr(changed, "rowcount", 0) == 1:
+            if message:
+                session.add(_event(job_id, message))
+            session.flush()
+            session.refresh(job)
+            return job, "status" in values
+    raise ApiError(409, f"job {job_id} kept changing state; try again", code="conflict")
