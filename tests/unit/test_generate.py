@@ -1,0 +1,85 @@
+"""Completions on gpt2-tiny: shape, n, max_tokens, stop, seeds, echo, the model cache."""
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.settings import get_settings
+from worker.training import generate as generation
+from worker.training.generate import cut_at_stop, generate
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    get_settings.cache_clear()
+    generation.clear_cache()
+    yield
+    generation.clear_cache()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def tiny(models_dir: Path) -> str:
+    return str(models_dir / "gpt2-tiny")
+
+
+def test_n_choices_per_prompt_in_prompt_major_order(tiny: str) -> None:
+    result = generate(tiny, ["Hello", "The cat"], max_tokens=5, n=3, seed=1)
+    choices = result["choices"]
+    assert [c["index"] for c in choices] == list(range(6))
+    assert all(c["text"] and c["finish_reason"] == "length" for c in choices)
+    assert all(c["logprobs"] is None for c in choices)
+    assert len({c["text"] for c in choices}) == 6  # sampling: different continuations
+    assert result["usage"] == {"prompt_tokens": 1 + 2, "completion_tokens": 30, "total_tokens": 33}
+
+
+def test_seed_reproduces_and_other_seeds_differ(tiny: str) -> None:
+    first = generate(tiny, ["Hello"], max_tokens=8, seed=42)
+    assert generate(tiny, ["Hello"], max_tokens=8, seed=42) == first
+    assert generate(tiny, ["Hello"], max_tokens=8, seed=43) != first
+
+
+def test_temperature_zero_is_greedy(tiny: str) -> None:
+    result = generate(tiny, ["Hello"], max_tokens=6, temperature=0, n=2)
+    texts = [c["text"] for c in result["choices"]]
+    assert texts[0] == texts[1]
+    assert generate(tiny, ["Hello"], max_tokens=6, temperature=0)["choices"][0]["text"] == texts[0]
+
+
+def test_stop_string_cuts_the_text(tiny: str) -> None:
+    free = generate(tiny, ["Hello"], max_tokens=12, temperature=0)["choices"][0]["text"]
+    stop = free[3:5]  # a substring the greedy text is known to contain
+    result = generate(tiny, ["Hello"], max_tokens=12, temperature=0, stop=[stop, "zzzzqqq"])
+    choice = result["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    assert choice["text"] == free[: free.index(stop)]
+    assert result["usage"]["completion_tokens"] < 12
+
+
+def test_echo_prefixes_the_prompt(tiny: str) -> None:
+    plain = generate(tiny, ["Hello"], max_tokens=4, seed=3)["choices"][0]["text"]
+    echoed = generate(tiny, ["Hello"], max_tokens=4, seed=3, echo=True)["choices"][0]["text"]
+    assert echoed == "Hello" + plain
+
+
+def test_prompt_too_long_for_the_context_says_so(tiny: str) -> None:
+    with pytest.raises(ValueError, match="exceeds the model's context of 256 tokens"):
+        generate(tiny, ["hello " * 250], max_tokens=16)
+
+
+def test_cut_at_stop() -> None:
+    assert cut_at_stop("a.b\nc", ["\n", "."]) == ("a", True)
+    assert cut_at_stop("abc", ["x", ""]) == ("abc", False)
+
+
+def test_model_cache_is_bounded(tiny: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPT2FT_INFERENCE_CACHE_SIZE", "1")
+    get_settings.cache_clear()
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny, copy)
+    generate(tiny, ["Hi"], max_tokens=1)
+    generate(str(copy), ["Hi"], max_tokens=1)
+    assert list(generation._cache) == [str(copy)]

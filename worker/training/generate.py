@@ -1,0 +1,137 @@
+"""Completions from a base or fine-tuned model, OpenAI-shaped, with a small model cache."""
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+from shared.settings import get_settings
+from worker.training.engine import pick_device
+from worker.training.models import load_causal_lm, load_tokenizer
+
+_cache: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def cached_model(location: str) -> tuple[Any, Any]:
+    """(model, tokenizer) for location, loading it and evicting the least recently used."""
+    with _cache_lock:
+        if location in _cache:
+            _cache.move_to_end(location)
+            return _cache[location]
+        model = load_causal_lm(location, pick_device(None)).eval()
+        tokenizer = load_tokenizer(location)
+        _cache[location] = (model, tokenizer)
+        while len(_cache) > get_settings().inference_cache_size:
+            _cache.popitem(last=False)
+        return model, tokenizer
+
+
+def clear_cache() -> None:
+    """Forget every loaded model (tests; a model folder that changed on disk)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """text up to the earliest stop string, and whether one was found."""
+    positions = [index for s in stop if s and (index := text.find(s)) >= 0]
+    if not positions:
+        return text, False
+    return text[: min(positions)], True
+
+
+def _sample(
+    model: Any,
+    tokenizer: Any,
+    prompt_ids: list[int],
+    max_tokens: int,
+    n: int,
+    options: dict[str, Any],
+) -> list[list[int]]:
+    """n continuations of prompt_ids (new token ids only, EOS padding removed)."""
+    context = model.config.n_positions
+    if len(prompt_ids) + max_tokens > context:
+        raise ValueError(
+            f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) exceeds the "
+            f"model's context of {context} tokens; shorten the prompt or lower max_tokens"
+        )
+    greedy = options["temperature"] == 0
+    input_ids = torch.tensor([prompt_ids], device=model.device)
+    sampling: dict[str, Any] = {"do_sample": False} if greedy else {
+        "do_sample": True,
+        "temperature": options["temperature"],
+        "top_p": options["top_p"],
+        # 0 disables top-k: OpenAI's API samples from the whole (top_p) distribution.
+        "top_k": options["top_k"] or 0,
+        "num_return_sequences": n,
+    }  # fmt: skip
+    with torch.no_grad():
+        output = model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_tokens,
+            pad_token_id=tokenizer.eos_token_id,
+            stop_strings=options["stop"] or None,
+            tokenizer=tokenizer,
+            **sampling,
+        )
+    rows = output[:, len(prompt_ids) :].tolist()
+    if greedy:
+        rows = rows * n  # greedy decoding gives the same text every time
+    return rows
+
+
+def _choice(tokenizer: Any, prompt: str, new_ids: list[int], options: dict[str, Any]) -> dict:
+    eos = tokenizer.eos_token_id
+    hit_eos = eos in new_ids
+    if hit_eos:
+        new_ids = new_ids[: new_ids.index(eos)]
+    text, hit_stop = cut_at_stop(tokenizer.decode(new_ids), options["stop"] or [])
+    finish_reason = "stop" if hit_eos or hit_stop else "length"
+    return {
+        "text": prompt + text if options["echo"] else text,
+        "finish_reason": finish_reason,
+        "completion_tokens": len(new_ids),
+    }
+
+
+def generate(
+    location: str,
+    prompts: list[str],
+    max_tokens: int = 16,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    n: int = 1,
+    stop: list[str] | None = None,
+    seed: int | None = None,
+    echo: bool = False,
+    top_k: int | None = None,
+) -> dict[str, Any]:
+    """OpenAI-style completions: n choices per prompt, prompt-major, with usage counts."""
+    model, tokenizer = cached_model(location)
+    options = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "stop": stop}
+    options["echo"] = echo
+    choices: list[dict[str, Any]] = []
+    prompt_tokens = completion_tokens = 0
+    devices = [model.device] if model.device.type == "cuda" else []
+    # fork_rng: a seeded request must not reset the RNG other requests draw from.
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for prompt in prompts:
+            # An empty prompt starts from <|endoftext|>, as GPT-2 was trained to.
+            prompt_ids = tokenizer(prompt).input_ids or [tokenizer.eos_token_id]
+            prompt_tokens += len(prompt_ids)
+            for new_ids in _sample(model, tokenizer, prompt_ids, max_tokens, n, options):
+                choice = _choice(tokenizer, prompt, new_ids, options)
+                completion_tokens += choice.pop("completion_tokens")
+                choices.append({"text": choice["text"], "index": len(choices), "logprobs": None,
+                                "finish_reason": choice["finish_reason"]})  # fmt: skip
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    return {"choices": choices, "usage": usage}
