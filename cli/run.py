@@ -116,11 +116,11 @@ def supervise(api: Child, worker: Child, redis: Child | None, stop: StopRequest)
     while stop.count == 0:
         if (api_code := api.poll()) is not None:
             echo(f"API exited with code {api_code}; stopping everything")
-            code = api_code or 1
+            code = api_code if api_code > 0 else 1
             break
         if redis is not None and (redis_code := redis.poll()) is not None:
             echo(f"redis-server exited with code {redis_code}; stopping everything")
-            code = redis_code or 1
+            code = redis_code if redis_code > 0 else 1
             break
         now = time.monotonic()
         if restart_at is None and (worker_code := worker.poll()) is not None:
