@@ -1,17 +1,17 @@
 """The Celery app: Redis wakes workers; the database decides who runs what."""
 
+from functools import lru_cache
+
 from celery import Celery
 
 from shared.naming import GENERATE_TASK, INFERENCE_QUEUE, TRAIN_TASK, TRAINING_QUEUE
 from shared.settings import get_settings
 
 
-def make_celery() -> Celery:
+def make_celery(redis_url: str | None = None) -> Celery:
     """A Celery app configured for hours-long tasks on the Redis broker (RELIABILITY.md)."""
-    settings = get_settings()
-    app = Celery(
-        "gpt2ft", broker=settings.redis_url, backend=settings.redis_url, include=["worker.tasks"]
-    )
+    url = redis_url or get_settings().redis_url
+    app = Celery("gpt2ft", broker=url, backend=url, include=["worker.tasks"])
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -34,6 +34,12 @@ def make_celery() -> Celery:
         worker_send_task_events=False,
     )
     return app
+
+
+@lru_cache
+def sender_for(redis_url: str) -> Celery:
+    """A cached app for sending to redis_url (tests and processes may switch URLs)."""
+    return make_celery(redis_url)
 
 
 app = make_celery()
