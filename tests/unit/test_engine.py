@@ -175,3 +175,24 @@ def test_latest_and_partial_checkpoints(tmp_path: Path) -> None:
     assert latest_checkpoint(tmp_path) == tmp_path / "step-00000010"
     assert remove_partial_checkpoints(tmp_path) == [tmp_path / ".step-00000012-abc"]
     assert not (tmp_path / ".step-00000012-abc").exists()
+
+
+def test_command_line_trains_and_reports(
+    models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.training.__main__ import main
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(f'{{"text": "{line}"}}\n' for line in CORPUS))
+    common = ["--model", str(models_dir / "gpt2-tiny"), "--train-file", str(corpus)]
+    code = main([*common, "--output", str(tmp_path / "out"), "--n-epochs", "1",
+                 "--batch-size", "4", "--block-size", "32", "--log-every", "2"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "Planned 1 epochs of 4 steps" in printed and "Epoch 1/1 done: valid_loss" in printed
+    assert '"stopped": null' in printed and '"steps": 4' in printed
+    assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
+
+    code = main([*common, "--output", str(tmp_path / "bad"), "--block-size", "4096"])
+    assert code == 2
+    assert "error: hyperparameters.block_size:" in capsys.readouterr().out
