@@ -177,7 +177,7 @@ def optimizer_step(
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
-    learning_rate = run.scheduler.get_last_lr()[0]
+    learning_rate = float(run.scheduler.get_last_lr()[0])
     run.scheduler.step()
     return loss.detach(), learning_rate
 

@@ -121,7 +121,7 @@ def load_tokenizer(location: str) -> Any:
 
 def load_causal_lm(location: str, device: str | torch.device) -> Any:
     """The model in float32 on device (mixed precision comes from autocast), SDPA attention."""
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         location,
         trust_remote_code=False,
         use_safetensors=True,

@@ -4,13 +4,16 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
 from shared.catalog import METADATA_FILE
 
-TINY_CONFIG = {"n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": 256}
+# transformers 5 has one (Rust-backed) GPT-2 tokenizer class; the old name is an alias.
+GPT2TokenizerFast = GPT2Tokenizer
+TINY_CONFIG: dict[str, Any] = {"n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": 256}
 
 
 def load_bpe_tokenizer(tokenizer_dir: Path) -> GPT2TokenizerFast:
