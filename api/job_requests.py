@@ -11,7 +11,7 @@ from api.errors import ApiError, not_found, validation_error
 from api.schemas import JobCreate
 from shared.catalog import find_base_model
 from shared.db.models import File, Job, JobStatus
-from shared.ids import new_id, now_ts
+from shared.ids import new_sortable_id, now_ts
 from shared.settings import get_settings
 from shared.spec import EXTENSION_FIELDS, Hyperparameters
 
@@ -78,7 +78,7 @@ def build_job(session: Session, owner: str, body: JobCreate) -> Job:
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     now = now_ts()
     return Job(
-        id=new_id("ftjob"),
+        id=new_sortable_id("ftjob"),
         owner=owner,
         model=body.model,
         training_file=body.training_file,

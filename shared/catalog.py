@@ -72,5 +72,7 @@ def find_base_model(name: str, models_dir: Path) -> BaseModel | None:
     if (folder / "config.json").is_file():
         return _local_model(folder)
     if name in CATALOG:
-        return BaseModel(name=name, source="catalog", location=CATALOG[name], created=0, metadata={})
+        return BaseModel(
+            name=name, source="catalog", location=CATALOG[name], created=0, metadata={}
+        )
     return None

@@ -71,6 +71,7 @@ def fenced_update(session: Session, lease: Lease, **values: Any) -> None:
     Run it first in a transaction: on SQLite the UPDATE takes the write lock and on
     Postgres it locks the row, so the writes after it cannot race a new owner.
     """
+    values = values or {"lease_owner": lease.owner}  # a bare ownership check still locks
     result = session.execute(
         update(Job)
         .where(_owned(lease))

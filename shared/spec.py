@@ -87,5 +87,7 @@ def resolve_learning_rate(hp: Hyperparameters, base_learning_rate: float) -> tup
     """(learning_rate, multiplier): an explicit learning_rate wins over the multiplier."""
     if hp.learning_rate is not None:
         return hp.learning_rate, hp.learning_rate / base_learning_rate
-    multiplier = 1.0 if hp.learning_rate_multiplier == "auto" else float(hp.learning_rate_multiplier)
+    multiplier = (
+        1.0 if hp.learning_rate_multiplier == "auto" else float(hp.learning_rate_multiplier)
+    )
     return min(1.0, base_learning_rate * multiplier), multiplier

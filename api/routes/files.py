@@ -17,7 +17,7 @@ from api.uploads import Upload, receive_upload
 from shared.datasets import DatasetError, detect_format, validate_dataset
 from shared.db.models import TERMINAL_STATUSES, File, Job
 from shared.db.session import session_scope
-from shared.ids import new_id, now_ts
+from shared.ids import new_sortable_id, now_ts
 from shared.settings import get_settings
 from shared.storage import get_storage
 
@@ -80,7 +80,7 @@ def _store_upload(owner: str, upload: Upload) -> FileOut:
             400, f"{upload.filename}: {exc}", param="file", code="invalid_file"
         ) from None
     storage = get_storage()
-    file_id = new_id("file")
+    file_id = new_sortable_id("file")
     final = storage.file_path(file_id)
     final.parent.mkdir(parents=True, exist_ok=True)
     upload.path.rename(final)

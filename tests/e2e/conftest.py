@@ -1,0 +1,140 @@
+"""Real processes: a private redis-server, `gpt2ft api` and `gpt2ft worker`, SQLite home."""
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+GPT2FT = str(Path(sys.executable).with_name("gpt2ft"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Service:
+    """A running gpt2ft: URL, key, environment, home and log files."""
+
+    url: str
+    api_key: str
+    env: dict[str, str]
+    home: Path
+    logs: Path
+    processes: dict[str, subprocess.Popen]
+
+    def start_worker(self, name: str = "worker") -> subprocess.Popen:
+        log = (self.logs / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            [GPT2FT, "worker"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.processes[name] = proc
+        return proc
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
+        proc = self.processes.pop(name)
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def service(
+    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, tokenizer_dir: Path
+) -> Iterator[Service]:
+    """The whole service on loopback, as `make run` starts it."""
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    home = tmp_path_factory.mktemp("home")
+    logs = REPO / "test-artifacts" / "e2e-logs" / home.name
+    logs.mkdir(parents=True, exist_ok=True)
+    redis_port, api_port = free_port(), free_port()
+    key = "sk-gpt2ft-e2e-" + secrets.token_hex(8)
+    env = {
+        **os.environ,
+        "GPT2FT_HOME": str(home),
+        "GPT2FT_MODELS_DIR": str(models_dir),
+        "GPT2FT_TOKENIZER_DIR": str(tokenizer_dir),
+        "GPT2FT_DEV_API_KEY": key,
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "HF_HUB_OFFLINE": "1",
+        "GPT2FT_SWEEP_INTERVAL_SECONDS": "2",
+        "GPT2FT_REQUEUE_AFTER_SECONDS": "5",
+        "GPT2FT_LEASE_SECONDS": "20",
+        "GPT2FT_HEARTBEAT_SECONDS": "2",
+        "GPT2FT_METRICS_FLUSH_SECONDS": "0.5",
+    }
+    env.pop("DATABASE_URL", None)
+    processes: dict[str, subprocess.Popen] = {}
+    processes["redis"] = subprocess.Popen(
+        [
+            redis_server,
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=(logs / "redis.log").open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    subprocess.run([GPT2FT, "migrate"], env=env, check=True, capture_output=True)
+    processes["api"] = subprocess.Popen(
+        [GPT2FT, "api", "--port", str(api_port)],
+        env=env,
+        stdout=(logs / "api.log").open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    svc = Service(f"http://127.0.0.1:{api_port}", key, env, home, logs, processes)
+    svc.start_worker()
+    wait_until(lambda: httpx.get(f"{svc.url}/readyz").status_code == 200, 60, "the API")
+    yield svc
+    for name in list(svc.processes):
+        svc.stop(name, timeout=30)
+
+
+@pytest.fixture
+def client(service: Service):
+    """The official openai SDK pointed at the service."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{service.url}/v1", api_key=service.api_key, max_retries=0, timeout=180)
