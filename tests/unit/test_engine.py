@@ -189,7 +189,7 @@ def test_command_line_trains_and_reports(
                  "--batch-size", "4", "--block-size", "32", "--log-every", "2"])  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0, printed
-    assert "Planned 1 epochs of 4 steps" in printed and "Epoch 1/1 done: valid_loss" in printed
+    assert "Planned 1 epoch of 4 steps" in printed and "Epoch 1/1 done: valid_loss" in printed
     assert '"stopped": null' in printed and '"steps": 4' in printed
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
 

@@ -48,7 +48,8 @@ class Plan:
         """One line for the job's event log."""
         s = self.summary
         return (
-            f"Planned {s['n_epochs']} epochs of {s['steps_per_epoch']} steps "
+            f"Planned {s['n_epochs']} epoch{'s' if s['n_epochs'] != 1 else ''} "
+            f"of {s['steps_per_epoch']} steps "
             f"(batch {s['batch_size']}, block {s['block_size']} tokens): "
             f"{s['train_blocks']} training blocks ({s['train_tokens']} tokens), "
             f"{s['valid_blocks']} validation blocks"
