@@ -4,7 +4,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, and_, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -125,7 +125,7 @@ def _insert(session: Session) -> Any:
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
-def upsert(session: Session, table: Table, rows: list[dict[str, Any]], keys: list[str]) -> None:
+def upsert(session: Session, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
     """INSERT rows, updating the non-key columns on conflict with keys (SQLite and Postgres)."""
     if not rows:
         return
@@ -163,7 +163,7 @@ def add_events(session: Session, rows: list[dict[str, Any]]) -> None:
     plain = [r for r in rows if r["dedupe_key"] is None]
     if plain:
         session.execute(_insert(session)(JobEvent.__table__).values(plain))
-    upsert(session, JobEvent.__table__, keyed, ["job_id", "dedupe_key"])  # type: ignore[arg-type]
+    upsert(session, JobEvent.__table__, keyed, ["job_id", "dedupe_key"])
 
 
 def add_event(session: Session, job_id: str, message: str, **fields: Any) -> None:

@@ -14,6 +14,7 @@ EXTENSION_FIELDS = (
     "validation_split",
     "warmup_ratio",
     "weight_decay",
+    "checkpoint_every_steps",
 )
 
 
@@ -35,6 +36,8 @@ class Hyperparameters(BaseModel):
     warmup_ratio: Annotated[float, Field(ge=0.0, le=0.5)] = 0.05
     # GPT-2's own training used 0.01; 0 would let embeddings drift on small corpora.
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+    # Resume checkpoints between epochs; None checkpoints at epoch ends only.
+    checkpoint_every_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
 
 
 class TrainingSpec(BaseModel):
@@ -56,6 +59,7 @@ class TrainingSpec(BaseModel):
     # Clip at 1.0 as HF Trainer does: GPT-2 fine-tunes diverge rarely with it.
     max_grad_norm: float = Field(default=1.0, gt=0)
     seed: int = Field(ge=0, le=2**31 - 1)
+    checkpoint_every_steps: int | None = Field(default=None, ge=1)
 
     def shown(self) -> dict[str, Any]:
         """Resolved values as the job object's hyperparameters show them."""

@@ -81,7 +81,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def gpt2ft_home(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str, models_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    models_dir: Path,
     tokenizer_dir: Path,
 ) -> Iterator[Path]:
     """Settings pointed at a temporary home and a migrated database (SQLite and Postgres)."""

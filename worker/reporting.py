@@ -112,14 +112,14 @@ class DbReporter:
         try:
             with session_scope() as session:
                 fenced_update(session, self.lease, **self._progress)
-                upsert(session, Metric.__table__, metrics, ["job_id", "step"])  # type: ignore[arg-type]
+                upsert(session, Metric.__table__, metrics, ["job_id", "step"])
                 add_events(session, pending)
                 if checkpoint is not None:
                     owner = session.get(Job, self.lease.job_id).owner  # type: ignore[union-attr]
                     upsert(
                         session,
                         Checkpoint.__table__,
-                        [{**checkpoint, "owner": owner}],  # type: ignore[arg-type]
+                        [{**checkpoint, "owner": owner}],
                         ["job_id", "step"],
                     )
         except LeaseLost:

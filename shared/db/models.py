@@ -95,6 +95,10 @@ class Job(Base):
     # Incremented by every claim: the fencing token a worker's writes are checked against.
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     enqueued_at: Mapped[float | None] = mapped_column(Float)
+    # Extension request fields beyond hyperparameters (task, training_method, lora, ...).
+    options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Live and final figures (tokens_per_second, parameter counts, final metrics, ...).
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class JobEvent(Base):
@@ -143,6 +147,7 @@ class Checkpoint(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(300), index=True)
     created_at: Mapped[int] = mapped_column(Integer)
+    is_best: Mapped[bool] = mapped_column(Boolean, default=False)
     __table_args__ = (UniqueConstraint("job_id", "step", name="uq_checkpoints_job_step"),)
 
 

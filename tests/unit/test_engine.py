@@ -196,3 +196,12 @@ def test_command_line_trains_and_reports(
     code = main([*common, "--output", str(tmp_path / "bad"), "--block-size", "4096"])
     assert code == 2
     assert "error: hyperparameters.block_size:" in capsys.readouterr().out
+
+
+def test_checkpoint_every_steps_adds_mid_epoch_resume_points(plan: Plan, tmp_path: Path) -> None:
+    spec = plan.spec.model_copy(update={"checkpoint_every_steps": 3})
+    callbacks = RecordingCallbacks()
+    train(spec, plan.train_blocks, plan.valid_blocks, tmp_path / "c", tmp_path / "m", callbacks)
+    # 4 steps per epoch, 3 epochs: every 3rd step mid-epoch, plus each epoch end.
+    assert [step for step, _, _ in callbacks.checkpoints] == [3, 4, 6, 8, 9, 12]
+    assert latest_checkpoint(tmp_path / "c") == tmp_path / "c" / "step-00000012"

@@ -337,6 +337,23 @@ def train(
                     "tokens_seen": progress.tokens_seen,
                 }
                 callbacks.on_log(progress.global_step, log)
+            every = spec.checkpoint_every_steps
+            if (
+                every
+                and progress.global_step % every == 0
+                and progress.step_in_epoch < steps_per_epoch
+            ):
+                # Mid-epoch resume point; epoch ends checkpoint below anyway.
+                write_checkpoint(
+                    run,
+                    checkpoints_dir,
+                    callbacks,
+                    {
+                        "step": progress.global_step,
+                        "epoch": progress.epoch + progress.step_in_epoch / steps_per_epoch,
+                        "train_loss": flush_losses(progress, window),
+                    },
+                )
 
         flush_losses(progress, window)
         progress.epoch += 1

@@ -144,6 +144,7 @@ def plan_training(
         warmup_ratio=hp.warmup_ratio,
         weight_decay=hp.weight_decay,
         seed=seed,
+        checkpoint_every_steps=hp.checkpoint_every_steps,
     )
     train_tokens = count_tokens(train_blocks)
     steps_per_epoch = math.ceil(n_train / batch_size)
