@@ -15,7 +15,18 @@ EXTENSION_FIELDS = (
     "warmup_ratio",
     "weight_decay",
     "checkpoint_every_steps",
+    "lr_scheduler",
+    "max_grad_norm",
+    "gradient_accumulation_steps",
+    "eval_every_steps",
+    "early_stopping_patience",
+    "keep",
 )
+
+# Extension fields about the training method; they ride at the top level and live in Job.options.
+METHOD_FIELDS = ("training_method", "trainable_layers", "lora", "sample_prompts")
+# GPT-2's Conv1D projections that LoRA may adapt.
+LORA_TARGETS = ("c_attn", "c_proj", "c_fc")
 
 
 class Hyperparameters(BaseModel):
@@ -38,6 +49,54 @@ class Hyperparameters(BaseModel):
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
     # Resume checkpoints between epochs; None checkpoints at epoch ends only.
     checkpoint_every_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    # Linear decay is what GPT-2 fine-tunes (and HF Trainer) default to.
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    # Clip at 1.0 as HF Trainer does: GPT-2 fine-tunes diverge rarely with it.
+    max_grad_norm: Annotated[float, Field(gt=0, le=100)] = 1.0
+    # "auto": 1, or on CUDA what reaches batch_size with the largest micro-batch that fits.
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=256)] | Auto = "auto"
+    # Evaluate between epochs too; None evaluates at epoch ends only (cheap for small sets).
+    eval_every_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    # Evaluations without a new best validation loss before stopping; None never stops early.
+    early_stopping_patience: Annotated[int, Field(ge=1, le=1000)] | None = None
+    # "best": the lowest validation loss generalises better than the last step on small corpora.
+    keep: Literal["best", "last"] = "best"
+
+
+class LoraOptions(BaseModel):
+    """LoRA adapter shape for GPT-2's Conv1D layers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # r=8, alpha=16: the LoRA paper's small-rank setting; enough for style/domain adaptation.
+    r: int = Field(default=8, ge=1, le=256)
+    alpha: float = Field(default=16.0, gt=0, le=1024)
+    # A little dropout regularises the adapter on corpora of a few MB.
+    dropout: float = Field(default=0.05, ge=0.0, le=0.5)
+    # Attention only (c_attn = q,k,v) as in the LoRA paper; add c_proj/c_fc for more capacity.
+    target_modules: list[Literal["c_attn", "c_proj", "c_fc"]] = Field(
+        default_factory=lambda: ["c_attn"], min_length=1
+    )
+
+
+class MethodOptions(BaseModel):
+    """How the weights are trained, plus generations to sample at each evaluation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    training_method: Literal["full", "transfer", "lora"] = "full"
+    # transfer: the top 2 blocks adapt to the new data while the rest keeps GPT-2's features.
+    trainable_layers: int = Field(default=2, ge=0, le=128)
+    lora: LoraOptions | None = None
+    sample_prompts: list[Annotated[str, Field(min_length=1, max_length=1000)]] = Field(
+        default_factory=list, max_length=8
+    )
+
+    def resolved_lora(self) -> LoraOptions | None:
+        """The LoRA options when the method is lora (defaults filled), else None."""
+        if self.training_method != "lora":
+            return None
+        return self.lora or LoraOptions()
 
 
 class TrainingSpec(BaseModel):
@@ -60,10 +119,17 @@ class TrainingSpec(BaseModel):
     max_grad_norm: float = Field(default=1.0, gt=0)
     seed: int = Field(ge=0, le=2**31 - 1)
     checkpoint_every_steps: int | None = Field(default=None, ge=1)
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    # Micro-batch = batch_size / gradient_accumulation_steps examples per forward pass.
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=256)
+    eval_every_steps: int | None = Field(default=None, ge=1)
+    early_stopping_patience: int | None = Field(default=None, ge=1)
+    keep: Literal["best", "last"] = "best"
+    method: MethodOptions = Field(default_factory=MethodOptions)
 
     def shown(self) -> dict[str, Any]:
         """Resolved values as the job object's hyperparameters show them."""
-        return self.model_dump(exclude={"model", "model_location", "task"})
+        return self.model_dump(exclude={"model", "model_location", "task", "method"})
 
 
 def auto_epochs(n_examples: int) -> int:
