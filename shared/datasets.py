@@ -1,11 +1,27 @@
 """Torch-free dataset parsing: structural validation at upload, record reading in the worker."""
 
+import csv
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-FORMATS = ("txt", "jsonl")
+from shared.settings import get_settings
+
+# Containers a filename may name; the stored format adds the record kind ("jsonl-completion").
+FORMATS = ("txt", "jsonl", "csv")
+# Record kinds and their fields, in the order errors and docs name them.
+KINDS: dict[str, tuple[str, ...]] = {
+    "text": ("text",),
+    "completion": ("prompt", "completion"),
+    "classification": ("text", "label"),
+}
+# The task each record kind trains by default.
+KIND_TASKS = {"text": "causal_lm", "completion": "completion", "classification": "classification"}
+TASK_KINDS = {task: kind for kind, task in KIND_TASKS.items()}
+
+Record = dict[str, str]
 
 
 class DatasetError(ValueError):
@@ -20,24 +36,44 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What upload validation learned about a file."""
+    """What upload validation learned about a file; format is the stored one (with kind)."""
 
     format: str
     records: int
 
 
 def detect_format(filename: str) -> str:
-    """txt or jsonl from the filename's extension; anything unknown is refused."""
+    """txt, jsonl or csv from the filename's extension; anything unknown is refused."""
     lowered = filename.lower()
     if lowered.endswith((".jsonl", ".jsonlines", ".ndjson")):
         return "jsonl"
     if lowered.endswith((".txt", ".text")):
         return "txt"
+    if lowered.endswith(".csv"):
+        return "csv"
     raise DatasetError(
-        f"cannot tell the format of {filename!r}: name it .txt (plain text) "
-        'or .jsonl (one {"text": ...} object per line)',
+        f"cannot tell the format of {filename!r}: name it .txt (plain text), "
+        '.jsonl (one {"text": ...}, {"prompt": ..., "completion": ...} or '
+        '{"text": ..., "label": ...} object per line) or .csv (text,label columns)',
         field="file",
     )
+
+
+def public_format(stored: str) -> str:
+    """The container the API shows ("jsonl") for a stored format ("jsonl-completion")."""
+    return stored.split("-", 1)[0]
+
+
+def record_kind(stored: str) -> str | None:
+    """The record kind a stored format names; None for a legacy "jsonl" row (detect on read)."""
+    if stored == "txt":
+        return "text"
+    return stored.split("-", 1)[1] if "-" in stored else None
+
+
+def task_for_format(stored: str) -> str:
+    """The task a file trains when the job names none."""
+    return KIND_TASKS[record_kind(stored) or "text"]
 
 
 def _decode_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -53,43 +89,143 @@ def _decode_lines(path: Path) -> Iterator[tuple[int, str]]:
                 ) from None
 
 
-def parse_jsonl_line(number: int, line: str) -> str:
-    """The "text" of one JSONL line, or a DatasetError naming the line and field."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"is not valid JSON ({exc.msg})", line=number) from None
-    if not isinstance(record, dict):
-        raise DatasetError('must be a JSON object like {"text": "..."}', line=number)
-    if "text" not in record:
-        raise DatasetError('missing "text"', line=number, field="text")
-    text = record["text"]
-    if not isinstance(text, str):
-        raise DatasetError('"text" must be a string', line=number, field="text")
-    if not text.strip():
-        raise DatasetError('"text" is empty', line=number, field="text")
-    return text
+def kind_of_fields(fields: set[str]) -> str:
+    """The kind whose fields best match a record's keys (the one it most likely meant)."""
+    for kind in ("classification", "completion", "text"):
+        if set(KINDS[kind]) == fields:
+            return kind
+    if "prompt" in fields or "completion" in fields:
+        return "completion"
+    return "classification" if "label" in fields else "text"
+
+
+def _quoted(names: tuple[str, ...]) -> str:
+    return ", ".join(f'"{name}"' for name in names)
+
+
+def check_record(number: int, record: dict[str, Any], kind: str, max_chars: int) -> Record:
+    """The record's fields as strings, or a DatasetError naming the line and field."""
+    expected = KINDS[kind]
+    keys = set(record)
+    other = next((k for k, names in KINDS.items() if k != kind and set(names) == keys), None)
+    if other is not None:
+        raise DatasetError(
+            f"a {other} record in a file of {kind} records; every line needs "
+            f"the same fields ({_quoted(expected)})",
+            line=number,
+        )
+    for name in expected:
+        if name not in record:
+            raise DatasetError(f'missing "{name}"', line=number, field=name)
+    for name in record:
+        if name not in expected:
+            raise DatasetError(
+                f'unknown field "{name}"; expected {_quoted(expected)}', line=number, field=name
+            )
+    out: Record = {}
+    for name in expected:
+        value = record[name]
+        if name == "label" and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            kinds = "a string or an integer" if name == "label" else "a string"
+            raise DatasetError(f'"{name}" must be {kinds}', line=number, field=name)
+        if not value.strip():
+            raise DatasetError(f'"{name}" is empty', line=number, field=name)
+        if len(value) > max_chars:
+            raise DatasetError(
+                f'"{name}" has {len(value)} characters, over the limit of {max_chars}; '
+                "split the record",
+                line=number,
+                field=name,
+            )
+        out[name] = value
+    return out
+
+
+def _jsonl_records(path: Path, kind: str | None, max_chars: int) -> Iterator[tuple[str, Record]]:
+    for number, line in _decode_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"is not valid JSON ({exc.msg})", line=number) from None
+        if not isinstance(record, dict):
+            raise DatasetError('must be a JSON object like {"text": "..."}', line=number)
+        kind = kind or kind_of_fields(set(record))
+        yield kind, check_record(number, record, kind, max_chars)
+
+
+def _csv_records(path: Path, max_chars: int) -> Iterator[tuple[str, Record]]:
+    lines = (line for _, line in _decode_lines(path))
+    reader = csv.reader(lines)
+    header = next(reader, None)
+    if header is None:
+        return
+    names = [name.strip() for name in header]
+    for name in names:
+        if name not in KINDS["classification"]:
+            raise DatasetError(
+                f'unknown column {name!r}; expected "text", "label"', line=1, field=name
+            )
+    for name in KINDS["classification"]:
+        if name not in names:
+            raise DatasetError(f'the header lacks a "{name}" column', line=1, field=name)
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(names):
+            raise DatasetError(
+                f"has {len(row)} columns, the header has {len(names)}", line=reader.line_num
+            )
+        record = dict(zip(names, row, strict=True))
+        yield "classification", check_record(reader.line_num, record, "classification", max_chars)
+
+
+def _txt_records(path: Path, max_chars: int) -> Iterator[tuple[str, Record]]:
+    has_text = False
+    for number, line in _decode_lines(path):
+        if len(line) > max_chars:
+            raise DatasetError(
+                f"has {len(line)} characters, over the limit of {max_chars}; break the line",
+                line=number,
+            )
+        has_text = has_text or bool(line.strip())
+    if has_text:
+        yield "text", {"text": path.read_text(encoding="utf-8")}
+
+
+def iter_records(path: Path, fmt: str) -> Iterator[tuple[str, Record]]:
+    """(kind, record) for every record; the stored format's kind, else the first record's."""
+    max_chars = get_settings().max_record_chars
+    container = public_format(fmt)
+    if container == "txt":
+        return _txt_records(path, max_chars)
+    if container == "csv":
+        return _csv_records(path, max_chars)
+    return _jsonl_records(path, record_kind(fmt), max_chars)
 
 
 def validate_dataset(path: Path, fmt: str) -> DatasetInfo:
     """Check a whole file structurally; raises DatasetError at the first problem."""
-    records = 0
-    has_text = False
-    for number, line in _decode_lines(path):
-        if fmt == "jsonl":
-            if line.strip():
-                parse_jsonl_line(number, line)
-                records += 1
-        else:
-            records += 1
-            has_text = has_text or bool(line.strip())
-    if records == 0 or (fmt == "txt" and not has_text):
+    records, kind = 0, "text"
+    for record_kind_seen, _ in iter_records(path, fmt):
+        records, kind = records + 1, record_kind_seen
+    if records == 0:
         raise DatasetError("the file is empty; it needs at least one record of text", field="file")
-    return DatasetInfo(format=fmt, records=records)
+    stored = "txt" if fmt == "txt" else f"{public_format(fmt)}-{kind}"
+    return DatasetInfo(format=stored, records=records)
+
+
+def read_records(path: Path, fmt: str) -> list[Record]:
+    """Every record as a dict of its fields (a .txt file is one {"text"} record)."""
+    return [record for _, record in iter_records(path, fmt)]
 
 
 def read_texts(path: Path, fmt: str) -> list[str]:
-    """The records to train on: the whole text of a .txt file, or each JSONL "text"."""
-    if fmt == "txt":
-        return [path.read_text(encoding="utf-8")]
-    return [parse_jsonl_line(n, line) for n, line in _decode_lines(path) if line.strip()]
+    """The records to train on: the whole text of a .txt file, or each record's "text"."""
+    records = read_records(path, fmt)
+    if records and "text" not in records[0]:
+        raise DatasetError('the file holds prompt/completion records, not "text" records')
+    return [record["text"] for record in records]

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
 
     # 100 MiB: a GPT-2 corpus larger than this belongs in object storage, not a form post.
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    # One record over a million characters is a whole book in one line: almost surely a mistake.
+    max_record_chars: int = Field(default=1_000_000, ge=1)
     # A worker that misses three heartbeats loses its job to another worker.
     lease_seconds: float = Field(default=60.0, gt=0)
     heartbeat_seconds: float = Field(default=15.0, gt=0)

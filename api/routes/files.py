@@ -14,7 +14,7 @@ from api.errors import ApiError, not_found
 from api.pagination import cursor_row, newest_first
 from api.schemas import Deleted, FileOut, ListPage
 from api.uploads import Upload, receive_upload
-from shared.datasets import DatasetError, detect_format, validate_dataset
+from shared.datasets import DatasetError, detect_format, public_format, validate_dataset
 from shared.db.models import TERMINAL_STATUSES, File, Job
 from shared.db.session import session_scope
 from shared.ids import new_sortable_id, now_ts
@@ -52,7 +52,7 @@ def file_out(row: File) -> FileOut:
         created_at=row.created_at,
         filename=row.filename,
         purpose=row.purpose,
-        format=row.format,
+        format=public_format(row.format),
         records=row.records,
     )
 

@@ -43,7 +43,8 @@ def test_upload_jsonl_and_txt(api: TestClient, alice: dict[str, str]) -> None:
         ("bad.jsonl", b'{"text": "ok"}\n{"prompt": "no text"}\n', 'line 2: missing "text"'),
         ("bad.jsonl", b'{"text": "ok"}\n{"text": "ok"}\nnot json\n', "line 3: is not valid JSON"),
         ("bad.txt", b"caf\xe9\n", "line 1: is not valid UTF-8"),
-        ("data.csv", b"a,b\n", "cannot tell the format"),
+        ("data.csv", b"a,b\n", "line 1: unknown column 'a'"),
+        ("data.xml", b"<a/>\n", "cannot tell the format"),
         ("empty.txt", b"", "the file is empty"),
     ],
 )
