@@ -25,6 +25,9 @@ EXTENSION_FIELDS = (
 
 # Extension fields about the training method; they ride at the top level and live in Job.options.
 METHOD_FIELDS = ("training_method", "trainable_layers", "lora", "sample_prompts")
+# Extension fields about the task and its data; top level too, also kept in Job.options.
+TASK_FIELDS = ("task", "packing", "max_length")
+Task = Literal["causal_lm", "completion", "classification"]
 # GPT-2's Conv1D projections that LoRA may adapt.
 LORA_TARGETS = ("c_attn", "c_proj", "c_fc")
 
@@ -99,6 +102,19 @@ class MethodOptions(BaseModel):
         return self.lora or LoraOptions()
 
 
+class TaskOptions(BaseModel):
+    """What the model learns from the records and how records become examples."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # None: inferred from the training file (text -> causal_lm, prompt/completion, text/label).
+    task: Task | None = None
+    # Packing wastes no slots on padding; per-record keeps each example whole and separate.
+    packing: bool = True
+    # Tokens per record when not packing; None means min(1024, the model's context).
+    max_length: Annotated[int, Field(ge=8, le=8192)] | None = None
+
+
 class TrainingSpec(BaseModel):
     """Fully resolved training configuration: what the engine runs, what the job shows."""
 
@@ -106,7 +122,13 @@ class TrainingSpec(BaseModel):
 
     model: str
     model_location: str
-    task: Literal["causal_lm"] = "causal_lm"
+    task: Task = "causal_lm"
+    # causal_lm only; completion and classification always keep records separate.
+    packing: bool = True
+    # Row length of non-packed examples; None when packing (block_size applies).
+    max_length: int | None = Field(default=None, ge=8, le=8192)
+    # Class names in id order (classification only); saved as the model's id2label.
+    labels: list[str] | None = None
     n_epochs: int = Field(ge=1, le=100)
     batch_size: int = Field(ge=1, le=512)
     learning_rate: float = Field(gt=0, le=1)
@@ -129,7 +151,7 @@ class TrainingSpec(BaseModel):
 
     def shown(self) -> dict[str, Any]:
         """Resolved values as the job object's hyperparameters show them."""
-        return self.model_dump(exclude={"model", "model_location", "task", "method"})
+        return self.model_dump(exclude={"model", "model_location", "method"})
 
 
 def auto_epochs(n_examples: int) -> int:

@@ -129,23 +129,8 @@ def plan_training(
         )
 
     n_train = len(train_blocks)
-    batch_size = auto_batch_size(n_train) if hp.batch_size == "auto" else hp.batch_size
-    n_epochs = auto_epochs(n_train) if hp.n_epochs == "auto" else hp.n_epochs
-    learning_rate, multiplier = resolve_learning_rate(hp, base.base_learning_rate)
-    spec = TrainingSpec(
-        model=base.name,
-        model_location=base.location,
-        n_epochs=n_epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        learning_rate_multiplier=multiplier,
-        block_size=block_size,
-        validation_split=validation_split,
-        warmup_ratio=hp.warmup_ratio,
-        weight_decay=hp.weight_decay,
-        seed=seed,
-        checkpoint_every_steps=hp.checkpoint_every_steps,
-    )
+    spec = resolve_spec(hp, base, n_train, block_size, validation_split, seed)
+    batch_size, n_epochs = spec.batch_size, spec.n_epochs
     train_tokens = count_tokens(train_blocks)
     steps_per_epoch = math.ceil(n_train / batch_size)
     summary = {
@@ -162,3 +147,31 @@ def plan_training(
         "trained_tokens": train_tokens * n_epochs,
     }
     return Plan(spec, train_blocks, valid_blocks, train_tokens, summary)
+
+
+def resolve_spec(
+    hp: Hyperparameters,
+    base: BaseModel,
+    n_train: int,
+    block_size: int,
+    validation_split: float,
+    seed: int,
+) -> TrainingSpec:
+    """Every "auto" resolved against the number of training examples."""
+    batch_size = auto_batch_size(n_train) if hp.batch_size == "auto" else hp.batch_size
+    n_epochs = auto_epochs(n_train) if hp.n_epochs == "auto" else hp.n_epochs
+    learning_rate, multiplier = resolve_learning_rate(hp, base.base_learning_rate)
+    return TrainingSpec(
+        model=base.name,
+        model_location=base.location,
+        n_epochs=n_epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        learning_rate_multiplier=multiplier,
+        block_size=block_size,
+        validation_split=validation_split,
+        warmup_ratio=hp.warmup_ratio,
+        weight_decay=hp.weight_decay,
+        seed=seed,
+        checkpoint_every_steps=hp.checkpoint_every_steps,
+    )
