@@ -6,7 +6,10 @@ from fastapi import APIRouter, Depends, FastAPI
 
 from api.auth import require_owner
 from api.errors import install_error_handlers
-from api.routes import completions, files, health, jobs, models
+from api.observability import LatencyMiddleware
+from api.observability import router as prometheus_router
+from api.routes import completions, dashboard, files, health, jobs, metrics, models
+from api.schemas import ERROR_RESPONSES
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +22,14 @@ def create_app() -> FastAPI:
         summary="Self-hosted GPT-2 fine-tuning with an OpenAI-shaped API",
     )
     install_error_handlers(app)
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_owner)])
-    for module in (files, jobs, models, completions):
+    app.add_middleware(LatencyMiddleware)
+    v1 = APIRouter(
+        prefix="/v1", dependencies=[Depends(require_owner)], responses=ERROR_RESPONSES
+    )
+    for module in (files, jobs, metrics, models, completions):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
+    app.include_router(prometheus_router)
+    app.include_router(dashboard.router)
     return app

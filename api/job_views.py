@@ -32,6 +32,7 @@ def job_error(job: Job) -> JobErrorOut | None:
 def job_out(job: Job) -> JobOut:
     """The fine_tuning.job object for a row."""
     hyperparameters = shown_hyperparameters(job)
+    stats = job.stats or {}
     progress = None
     if job.total_steps:
         progress = min(1.0, (job.steps_completed or 0) / job.total_steps)
@@ -46,7 +47,9 @@ def job_out(job: Job) -> JobOut:
         organization_id=job.owner,
         seed=job.seed,
         status=job.status,
-        trained_tokens=job.trained_tokens,
+        trained_tokens=job.trained_tokens or stats.get("trained_tokens"),
+        result_files=[str(f) for f in stats.get("result_files") or []],
+        tokens_per_second=stats.get("tokens_per_second") if job.status == "running" else None,
         training_file=job.training_file,
         validation_file=job.validation_file,
         estimated_finish=job.estimated_finish,

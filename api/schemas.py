@@ -54,10 +54,18 @@ class MethodIn(BaseModel):
     supervised: SupervisedIn | None = None
 
 
+JOB_EXAMPLE: dict[str, Any] = {
+    "model": "gpt2-tiny",
+    "training_file": "file-abc123",
+    "hyperparameters": {"n_epochs": 2, "batch_size": "auto"},
+    "suffix": "poems",
+}
+
+
 class JobCreate(BaseModel):
     """OpenAI's create-job body plus gpt2ft's extension hyperparameters at the top level."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [JOB_EXAMPLE]})
     model: str = Field(description="A base model from GET /v1/models")
     training_file: str
     validation_file: str | None = None
@@ -121,6 +129,7 @@ class JobOut(BaseModel):
     total_steps: int | None = None
     epoch: float | None = None
     progress: float | None = None
+    tokens_per_second: float | None = None
 
 
 class EventOut(BaseModel):
@@ -133,6 +142,56 @@ class EventOut(BaseModel):
     message: str
     data: dict[str, Any] | None = None
     type: str | None = None
+
+
+class MetricPoint(BaseModel):
+    """One logged step; the valid_* fields are set on steps that ran an evaluation."""
+
+    object: Literal["fine_tuning.job.metric"] = "fine_tuning.job.metric"
+    step: int
+    epoch: float | None = None
+    train_loss: float | None = None
+    valid_loss: float | None = None
+    valid_perplexity: float | None = None
+    valid_mean_token_accuracy: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    tokens_seen: int | None = None
+    tokens_per_second: float | None = None
+
+
+class MetricsPage(BaseModel):
+    """Every logged step of a job, oldest first."""
+
+    object: Literal["list"] = "list"
+    data: list[MetricPoint]
+
+
+class ErrorDetail(BaseModel):
+    """OpenAI's error object."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The envelope every 4xx and 5xx answer uses."""
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in (
+        (400, "Bad request"),
+        (401, "Missing or invalid API key"),
+        (404, "Not found (or another owner's)"),
+        (409, "Conflicts with the object's state"),
+        (422, "A field failed validation"),
+    )
+}
 
 
 class CheckpointMetrics(BaseModel):
@@ -171,7 +230,12 @@ class ModelOut(BaseModel):
 class CompletionCreate(BaseModel):
     """OpenAI's completion body (non-streaming) plus top_k."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"model": "gpt2-tiny", "prompt": "Once upon a time", "max_tokens": 32}]
+        },
+    )
     model: str
     prompt: str | list[str] = ""
     max_tokens: Annotated[int, Field(ge=1, le=2048)] = 16

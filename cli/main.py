@@ -6,6 +6,7 @@ import typer
 
 from cli.bootstrap import migrate_database, run_setup
 from cli.keys import keys_app
+from shared.logging_setup import configure_logging
 from shared.settings import get_settings
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ def api(
     import uvicorn
 
     settings = get_settings()
+    configure_logging(settings.log_level)
     if settings.dev_api_key:
         from shared.keys import ensure_api_key
 
@@ -38,6 +40,7 @@ def api(
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # keep the JSON-lines handlers configure_logging installed
     )
 
 

@@ -2,10 +2,17 @@
 
 from functools import lru_cache
 
-from celery import Celery
+from celery import Celery, signals
 
+from shared.logging_setup import configure_logging
 from shared.naming import GENERATE_TASK, INFERENCE_QUEUE, TRAIN_TASK, TRAINING_QUEUE
 from shared.settings import get_settings
+
+
+@signals.setup_logging.connect
+def _json_logs(**_: object) -> None:
+    """Celery's own logging setup is skipped: every process logs JSON lines the same way."""
+    configure_logging(get_settings().log_level)
 
 
 def make_celery(redis_url: str | None = None) -> Celery:

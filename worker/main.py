@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 
+from shared.logging_setup import configure_logging
 from shared.naming import INFERENCE_QUEUE, TRAINING_QUEUE
 from shared.settings import get_settings
 
@@ -65,7 +66,7 @@ def _stop_children(children: list[subprocess.Popen], timeout: float = 300.0) -> 
 
 def run_worker() -> int:
     """Start both Celery processes and the sweep; exit when either child dies or on SIGTERM."""
-    logging.basicConfig(level=get_settings().log_level, format="%(asctime)s %(name)s %(message)s")
+    configure_logging(get_settings().log_level)
     suffix = uuid.uuid4().hex[:6]
     named = {
         queue: subprocess.Popen(celery_command(queue, f"{queue}-{suffix}"))

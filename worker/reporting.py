@@ -8,7 +8,15 @@ from typing import Any
 from shared.db.models import Checkpoint, Job, Metric
 from shared.db.session import session_scope
 from shared.ids import new_id, now_ts
-from shared.jobs import Lease, LeaseLost, add_events, event_row, fenced_update, upsert
+from shared.jobs import (
+    Lease,
+    LeaseLost,
+    add_events,
+    event_row,
+    fenced_update,
+    retry_db,
+    upsert,
+)
 from shared.naming import checkpoint_model_id
 from shared.storage import Storage
 from worker.heartbeat import Heartbeat
@@ -46,9 +54,13 @@ class DbReporter:
         self._last_poll = 0.0
         self._started = time.monotonic()
         self._first_step: int | None = None
+        # Throughput from tokens_seen deltas between logged steps; figures go to Job.stats.
+        self._last_tokens: tuple[float, int] | None = None
+        self._stats: dict[str, Any] = {}
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         """Buffer one step's metrics (a metrics row and a metrics event)."""
+        self._track_throughput(metrics)
         self._last_log = (step, metrics)
         self._buffer_metrics(step, metrics)
         self._track_progress(step, metrics)
@@ -104,14 +116,17 @@ class DbReporter:
     def flush(self) -> None:
         """Write buffered metrics, events and progress in one fenced transaction."""
         self._last_flush = time.monotonic()
-        if self._metrics or self._events or self._progress:
+        if self._metrics or self._events or self._progress or self._stats:
             self._write()
 
     def _write(self, checkpoint: dict[str, Any] | None = None, events: list | None = None) -> None:
         metrics, pending = list(self._metrics.values()), self._events + (events or [])
-        try:
+
+        def transaction() -> None:
             with session_scope() as session:
                 fenced_update(session, self.lease, **self._progress)
+                if self._stats:
+                    merge_stats(session, self.lease.job_id, self._stats)
                 upsert(session, Metric.__table__, metrics, ["job_id", "step"])
                 add_events(session, pending)
                 if checkpoint is not None:
@@ -122,11 +137,21 @@ class DbReporter:
                         [{**checkpoint, "owner": owner}],
                         ["job_id", "step"],
                     )
+
+        # A DB blip waits (training pauses) rather than failing the job; once the lease
+        # could have lapsed, the error escapes and the sweep decides.
+        try:
+            retry_db(
+                transaction,
+                f"job {self.lease.job_id}: recording progress",
+                self.heartbeat.lease_seconds,
+                self.heartbeat.lost,
+            )
         except LeaseLost:
             self.heartbeat.lost.set()
             self._metrics, self._events = {}, []
             raise
-        self._metrics, self._events, self._progress = {}, [], {}
+        self._metrics, self._events, self._progress, self._stats = {}, [], {}, {}
 
     def _poll_flags(self) -> None:
         try:
@@ -176,5 +201,26 @@ class DbReporter:
                 time.time() + per_step * (self.total_steps - step)
             )
 
+    def _track_throughput(self, metrics: dict[str, float]) -> None:
+        """tokens_per_second over the last logged interval, into the metrics and Job.stats."""
+        tokens = metrics.get("tokens_seen")
+        if tokens is None:
+            return
+        now = time.monotonic()
+        if self._last_tokens is not None and now > self._last_tokens[0]:
+            rate = (tokens - self._last_tokens[1]) / (now - self._last_tokens[0])
+            if rate >= 0:
+                metrics["tokens_per_second"] = round(rate, 1)
+                self._stats["tokens_per_second"] = round(rate, 1)
+        self._last_tokens = (now, int(tokens))
+        self._stats["trained_tokens"] = int(tokens)
+
     def _message_row(self, message: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
         return event_row(self.lease.job_id, message, data=data)
+
+
+def merge_stats(session: Any, job_id: str, values: dict[str, Any]) -> None:
+    """Merge values into Job.stats (after the fenced update has locked the row)."""
+    job = session.get(Job, job_id)
+    if job is not None:
+        job.stats = {**(job.stats or {}), **values}

@@ -12,23 +12,27 @@ from shared.catalog import find_base_model
 from shared.datasets import DatasetError, read_texts
 from shared.db.models import File, FineTunedModel, Job, JobStatus
 from shared.db.session import session_scope
-from shared.ids import now_ts
+from shared.ids import new_sortable_id, now_ts
 from shared.jobs import (
     Lease,
     LeaseLost,
     add_events,
     claim_job,
+    db_unavailable,
     event_row,
     fenced_update,
     finish_job,
     release_job,
+    retry_db,
 )
+from shared.logging_setup import job_logging
+from shared.metrics_table import load_points, render_csv
 from shared.naming import fine_tuned_model_id
 from shared.settings import Settings, get_settings
 from shared.spec import Hyperparameters
 from shared.storage import Storage, get_storage
 from worker.heartbeat import Heartbeat
-from worker.reporting import DbReporter
+from worker.reporting import DbReporter, merge_stats
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +67,13 @@ def worker_identity() -> str:
 
 def record(lease: Lease, message: str, **values: Any) -> None:
     """Update the job (fenced) and add one message event in a single transaction."""
-    with session_scope() as session:
-        fenced_update(session, lease, **values)
-        add_events(session, [event_row(lease.job_id, message)])
+
+    def transaction() -> None:
+        with session_scope() as session:
+            fenced_update(session, lease, **values)
+            add_events(session, [event_row(lease.job_id, message)])
+
+    retry_db(transaction, f"job {lease.job_id}: {message!r}", get_settings().lease_seconds)
 
 
 def run_job(job_id: str, worker_id: str) -> None:
@@ -77,7 +85,10 @@ def run_job(job_id: str, worker_id: str) -> None:
         log.info("job %s: not claimable (taken, finished or cancelled)", job_id)
         return
     log.info("job %s: claimed (attempt %d)", job_id, lease.attempt)
-    with Heartbeat(lease, settings.lease_seconds, settings.heartbeat_seconds) as heartbeat:
+    with (
+        job_logging(job_id),
+        Heartbeat(lease, settings.lease_seconds, settings.heartbeat_seconds) as heartbeat,
+    ):
         try:
             _run_claimed(lease, heartbeat, settings, storage)
         except LeaseLost:
@@ -85,6 +96,10 @@ def run_job(job_id: str, worker_id: str) -> None:
         except JobFailure as failure:
             _fail(lease, failure.error)
         except Exception as exc:
+            if db_unavailable(exc):
+                # Nothing false was recorded; the lease lapses and the sweep requeues the job.
+                log.error("job %s: database unavailable, left for the sweep: %s", job_id, exc)
+                return
             log.exception("job %s: failed", job_id)
             _fail(
                 lease,
@@ -97,12 +112,17 @@ def run_job(job_id: str, worker_id: str) -> None:
 
 
 def _fail(lease: Lease, error: dict[str, Any]) -> None:
-    try:
+    def transaction() -> None:
         with session_scope() as session:
             finish_job(session, lease, JobStatus.failed, error=error)
             add_events(
                 session, [event_row(lease.job_id, f"Job failed: {error['message']}", level="error")]
             )
+
+    try:
+        retry_db(
+            transaction, f"job {lease.job_id}: recording failure", get_settings().lease_seconds
+        )
     except LeaseLost:
         log.warning("job %s: lease lost before the failure could be recorded", lease.job_id)
 
@@ -214,6 +234,41 @@ def _run_claimed(lease: Lease, heartbeat: Heartbeat, settings: Settings, storage
 def _record_outcome(
     lease: Lease, job: JobSnapshot, result: Any, reporter: DbReporter, ft_id: str, storage: Storage
 ) -> None:
+    heartbeat = reporter.heartbeat
+    results_id = (
+        retry_db(
+            lambda: _store_results(job, storage),
+            f"job {job.id}: storing results",
+            heartbeat.lease_seconds,
+            heartbeat.lost,
+        )
+        if result.stopped is None
+        else None
+    )
+    # The outcome must land: retry through a DB blip. If it never does, the error escapes,
+    # the lease lapses and the sweep requeues the job: success is never claimed unrecorded.
+    retry_db(
+        lambda: _write_outcome(lease, job, result, reporter, ft_id, storage, results_id),
+        f"job {job.id}: recording the outcome",
+        heartbeat.lease_seconds,
+        heartbeat.lost,
+    )
+    if reporter.stop_cause == "shutdown":
+        from worker.dispatch import send_job
+
+        send_job(job.id)
+
+
+def _write_outcome(
+    lease: Lease,
+    job: JobSnapshot,
+    result: Any,
+    reporter: DbReporter,
+    ft_id: str,
+    storage: Storage,
+    results_id: str | None,
+) -> None:
+    """One transaction: the final status, the model row and the closing event."""
     with session_scope() as session:
         if result.stopped is None:
             finish_job(
@@ -225,6 +280,7 @@ def _record_outcome(
                 steps_completed=result.step,
                 estimated_finish=None,
             )
+            merge_stats(session, job.id, {"result_files": [results_id]})
             session.add(
                 FineTunedModel(
                     id=ft_id,
@@ -248,7 +304,29 @@ def _record_outcome(
             )
             message = f"Job paused at step {result.step}"
         add_events(session, [event_row(job.id, message)])
-    if reporter.stop_cause == "shutdown":
-        from worker.dispatch import send_job
 
-        send_job(job.id)
+
+def _store_results(job: JobSnapshot, storage: Storage) -> str:
+    """The job's metrics CSV as a fine-tune-results file owned by the job's owner."""
+    with session_scope() as session:
+        data = render_csv(load_points(session, job.id)).encode()
+    file_id = new_sortable_id("file")
+    path = storage.file_path(file_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = storage.tmp_dir() / f"{file_id}.csv"
+    tmp.write_bytes(data)
+    tmp.rename(path)
+    with session_scope() as session:
+        session.add(
+            File(
+                id=file_id,
+                owner=job.owner,
+                filename=f"{job.id}_results.csv",
+                purpose="fine-tune-results",
+                bytes=len(data),
+                format="csv",
+                records=data.count(b"\n") - 1,
+                created_at=now_ts(),
+            )
+        )
+    return file_id

@@ -1,14 +1,16 @@
 """Fine-tuning jobs: create, list, read, cancel, pause, resume, events, checkpoints."""
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.auth import Owner
 from api.errors import not_found
+from api.events_stream import stream_events
 from api.job_requests import build_job
 from api.job_views import checkpoint_out, event_out, job_out
 from api.pagination import cursor_row, newest_first
@@ -95,17 +97,25 @@ def resume_job(job_id: str, owner: Owner) -> JobOut:
     "/{job_id}/events",
     response_model=ListPage[EventOut],
     operation_id="listJobEvents",
-    summary="List a job's events",
+    summary="List a job's events (stream=true: Server-Sent Events until the job ends)",
+    responses={200: {"content": {"text/event-stream": {}}}},
 )
 def list_events(
     job_id: str,
     owner: Owner,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
-) -> ListPage[EventOut]:
-    """The job's events, newest first."""
+    stream: bool = False,
+) -> Any:
+    """The job's events, newest first; or with stream=true all of them oldest first, live."""
     with session_scope() as session:
         find_job(session, owner, job_id)
+        if stream:
+            return StreamingResponse(
+                stream_events(job_id),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            )
         scope = select(JobEvent).where(JobEvent.job_id == job_id)
         after_row = cursor_row(
             lambda i: session.scalars(scope.where(JobEvent.id == i)).first(), after
