@@ -7,6 +7,7 @@ from typing import Any
 from shared.catalog import BaseModel
 from shared.spec import (
     Hyperparameters,
+    MethodOptions,
     TrainingSpec,
     auto_batch_size,
     auto_block_size,
@@ -20,7 +21,9 @@ from worker.training.data import (
     split_blocks,
     tokenize_records,
 )
+from worker.training.memory import ModelShape, estimate, total_parameters, trainable_parameters
 from worker.training.models import load_tokenizer, model_context_length
+from worker.training.tasks import Examples, blocks_to_examples, task_plan_message
 
 # Shorter blocks teach the model almost nothing about context; refuse rather than pretend.
 MIN_BLOCK_SIZE = 16
@@ -43,10 +46,21 @@ class Plan:
     valid_blocks: list[list[int]]
     train_tokens: int
     summary: dict[str, Any] = field(default_factory=dict)
+    # What the engine batches; packed blocks become Examples when not given.
+    train_examples: Examples | None = None
+    valid_examples: Examples | None = None
+
+    def __post_init__(self) -> None:
+        if self.train_examples is None:
+            self.train_examples = blocks_to_examples(self.train_blocks)
+        if self.valid_examples is None:
+            self.valid_examples = blocks_to_examples(self.valid_blocks)
 
     def message(self) -> str:
         """One line for the job's event log."""
         s = self.summary
+        if "task" in s:
+            return task_plan_message(s)
         return (
             f"Planned {s['n_epochs']} epoch{'s' if s['n_epochs'] != 1 else ''} "
             f"of {s['steps_per_epoch']} steps "
@@ -145,6 +159,7 @@ def plan_training(
         "steps_per_epoch": steps_per_epoch,
         "total_steps": steps_per_epoch * n_epochs,
         "trained_tokens": train_tokens * n_epochs,
+        "gradient_accumulation_steps": spec.gradient_accumulation_steps,
     }
     return Plan(spec, train_blocks, valid_blocks, train_tokens, summary)
 
@@ -174,4 +189,71 @@ def resolve_spec(
         weight_decay=hp.weight_decay,
         seed=seed,
         checkpoint_every_steps=hp.checkpoint_every_steps,
+        lr_scheduler=hp.lr_scheduler,
+        max_grad_norm=hp.max_grad_norm,
+        gradient_accumulation_steps=resolve_accumulation(hp, batch_size),
+        eval_every_steps=hp.eval_every_steps,
+        early_stopping_patience=hp.early_stopping_patience,
+        keep=hp.keep,
     )
+
+
+def resolve_accumulation(hp: Hyperparameters, batch_size: int) -> int:
+    """Explicit steps (at most batch_size: a micro-batch holds one example at least), else 1.
+
+    On CUDA an "auto" value is raised by the engine's probe when the batch does not fit.
+    """
+    if hp.gradient_accumulation_steps == "auto":
+        return 1
+    if hp.gradient_accumulation_steps > batch_size:
+        raise PlanError(
+            "hyperparameters.gradient_accumulation_steps",
+            f"gradient_accumulation_steps {hp.gradient_accumulation_steps} is larger than "
+            f"batch_size {batch_size}; use at most {batch_size}",
+        )
+    return hp.gradient_accumulation_steps
+
+
+def with_method(plan: Plan, method: MethodOptions) -> Plan:
+    """The plan with its training method set and summarised (counts, memory estimate)."""
+    plan.spec.method = method
+    plan.summary.update(method_summary(plan.spec))
+    return plan
+
+
+def method_summary(spec: TrainingSpec) -> dict[str, Any]:
+    """Method, parameter counts and the memory estimate, from the model config alone."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(spec.model_location)
+    shape = ModelShape.from_config(config)
+    method = spec.method
+    if method.training_method == "transfer" and method.trainable_layers > shape.layers:
+        raise PlanError(
+            "trainable_layers",
+            f"trainable_layers {method.trainable_layers} is more than the model's "
+            f"{shape.layers} blocks; use {shape.layers} or less",
+        )
+    lora = method.resolved_lora()
+    trainable = trainable_parameters(shape, method.training_method, method.trainable_layers, lora)
+    total = total_parameters(shape) + (
+        shape.vocab * shape.width if method.training_method == "transfer" else trainable
+        if method.training_method == "lora" else 0
+    )  # fmt: skip
+    micro = math.ceil(spec.batch_size / spec.gradient_accumulation_steps)
+    amp = torch_cuda_available()
+    return {
+        "training_method": method.training_method,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "memory_estimate": estimate(
+            shape, method.training_method, trainable, micro, spec.block_size, amp
+        ),
+    }
+
+
+def torch_cuda_available() -> bool:
+    """Whether training will use CUDA (and so autocast to 16-bit activations)."""
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,114 @@
+"""Per-record, completion and classification examples: padding, masks, labels, losses."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from worker.training.classify import load_classifier, macro_f1
+from worker.training.models import load_causal_lm, load_tokenizer
+from worker.training.tasks import (
+    IGNORE,
+    build_examples,
+    classification_examples,
+    completion_examples,
+    pad_left,
+    per_record_examples,
+    sorted_labels,
+    split_examples,
+)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def tiny(models_dir: Path) -> str:
+    return str(models_dir / "gpt2-tiny")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny: str) -> Any:
+    return load_tokenizer(tiny)
+
+
+def test_per_record_adds_bos_eos_pads_and_masks() -> None:
+    examples = per_record_examples([[5, 6, 7], [8]], bos_id=1, eos_id=2, pad_id=0, max_length=8)
+    assert examples.input_ids.tolist() == [[1, 5, 6, 7, 2], [1, 8, 2, 0, 0]]
+    assert examples.attention_mask is not None and examples.labels is not None
+    assert examples.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    assert examples.labels.tolist() == [[1, 5, 6, 7, 2], [1, 8, 2, IGNORE, IGNORE]]
+    assert examples.stats == {"truncated": 0, "padding_fraction": 2 / 10}
+
+
+def test_per_record_truncates_at_max_length() -> None:
+    examples = per_record_examples([list(range(10, 30)), [8]], 1, 2, 0, max_length=8)
+    assert examples.input_ids.shape == (2, 8)
+    assert examples.input_ids[0].tolist() == [1, *range(10, 17)]
+    assert examples.stats["truncated"] == 1
+
+
+def test_pad_positions_do_not_count_in_the_loss(tiny: str) -> None:
+    model = load_causal_lm(tiny, "cpu").eval()
+    short = per_record_examples([[50, 51, 52, 53]], 0, 0, 0, max_length=16)
+    padded = per_record_examples([[50, 51, 52, 53], list(range(60, 70))], 0, 0, 0, max_length=16)
+    one = short.batch(torch.tensor([0]), torch.device("cpu"))
+    two = padded.batch(torch.tensor([0]), torch.device("cpu"))
+    assert two["input_ids"].shape[1] > one["input_ids"].shape[1]  # extra padding present
+    with torch.no_grad():
+        assert torch.allclose(model(**one).loss, model(**two).loss, atol=1e-5)
+
+
+def test_completion_labels_only_the_completion() -> None:
+    examples = completion_examples([[5, 6], [7]], [[8], [9, 10]], eos_id=2, pad_id=0, max_length=8)
+    assert examples.input_ids.tolist() == [[5, 6, 8, 2], [7, 9, 10, 2]]
+    assert examples.labels is not None
+    assert examples.labels.tolist() == [[IGNORE, IGNORE, 8, 2], [IGNORE, 9, 10, 2]]
+
+
+def test_completion_truncation_keeps_the_prompt_end_and_the_answer() -> None:
+    examples = completion_examples([list(range(10, 20))], [[8, 9]], 2, 0, max_length=6)
+    assert examples.input_ids.tolist() == [[17, 18, 19, 8, 9, 2]]
+    assert examples.stats["truncated"] == 1
+
+
+def test_pad_left_puts_real_tokens_last() -> None:
+    ids, mask = pad_left([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_left_padding_gives_the_same_prediction_as_none(tiny: str) -> None:
+    model = load_classifier(tiny, "cpu", ["a", "b", "c"]).eval()
+    alone = classification_examples([[50, 51, 52]], [0], pad_id=0, max_length=16)
+    batched = classification_examples([[50, 51, 52], list(range(60, 70))], [0, 1], 0, 16)
+    cpu = torch.device("cpu")
+    one = alone.batch(torch.tensor([0]), cpu)
+    two = batched.batch(torch.tensor([0]), cpu)
+    assert two["input_ids"].shape[1] == 10 and two["attention_mask"][0].sum() == 3
+    with torch.no_grad():
+        first = model(**{k: v for k, v in one.items() if k != "labels"}).logits
+        padded = model(**{k: v for k, v in two.items() if k != "labels"}).logits
+    assert torch.allclose(first, padded, atol=1e-5)
+
+
+def test_sorted_labels_numbers_then_names() -> None:
+    assert sorted_labels(["10", "2", "b", "a", "2"]) == ["2", "10", "a", "b"]
+
+
+def test_macro_f1() -> None:
+    assert macro_f1([0, 0, 1, 1], [0, 0, 1, 1], 2) == 1.0
+    # label 0: tp 2, fp 1, fn 0 -> 4/5; label 1: tp 1, fp 0, fn 1 -> 2/3
+    assert macro_f1([0, 0, 1, 0], [0, 1, 1, 0], 2) == pytest.approx((4 / 5 + 2 / 3) / 2)
+
+
+def test_build_examples_and_split(tokenizer: Any) -> None:
+    records = [{"text": f"review {i}", "label": "good" if i % 2 else "bad"} for i in range(10)]
+    examples = build_examples("classification", records, tokenizer, 32, ["bad", "good"])
+    assert examples.labels is not None and examples.labels.tolist() == [0, 1] * 5
+    train, valid = split_examples(examples, 0.2, seed=3)
+    assert (len(train), len(valid)) == (8, 2)
+    assert sorted(train.labels.tolist() + valid.labels.tolist()) == [0] * 5 + [1] * 5  # type: ignore[union-attr]

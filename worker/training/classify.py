@@ -1,0 +1,133 @@
+"""Sequence classification on GPT-2: loading, metrics, evaluation and inference."""
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from worker.training.data import tokenize_records
+from worker.training.models import _load_kwargs, load_tokenizer
+from worker.training.tasks import IGNORE, Examples, pad_left
+
+_cache: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
+_cache_lock = threading.Lock()
+# Enough for a handful of fine-tuned classifiers per inference worker.
+CACHE_SIZE = 4
+
+
+def load_classifier(location: str, device: str | torch.device, labels: list[str] | None) -> Any:
+    """GPT2ForSequenceClassification; labels name a fresh head (None: the folder's own)."""
+    extra: dict[str, Any] = {}
+    if labels is not None:
+        extra = {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)},
+        }
+    model: Any = AutoModelForSequenceClassification.from_pretrained(
+        location,
+        trust_remote_code=False,
+        use_safetensors=True,
+        dtype=torch.float32,
+        attn_implementation="sdpa",
+        **extra,
+        **_load_kwargs(),
+    )
+    # GPT-2 has no pad token: EOS pads (on the left), and the head reads the last real token.
+    model.config.pad_token_id = model.config.eos_token_id
+    return model.to(device)
+
+
+def is_classifier(location: str | Path) -> bool:
+    """Whether a model folder holds a sequence classifier (a fine-tuned classification job)."""
+    config = AutoConfig.from_pretrained(str(location), trust_remote_code=False, **_load_kwargs())
+    return any(name.endswith("ForSequenceClassification") for name in config.architectures or [])
+
+
+def count_targets(labels: torch.Tensor) -> torch.Tensor:
+    """How many predictions the loss averages over: rows for labels, else unmasked next tokens."""
+    if labels.dim() == 1:
+        return torch.tensor(labels.numel(), device=labels.device)
+    return (labels[:, 1:] != IGNORE).sum()
+
+
+def class_accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> tuple[Any, Any]:
+    """(correct, counted) class predictions as tensors (no GPU sync)."""
+    return (logits.argmax(-1) == labels).sum(), torch.tensor(labels.numel(), device=labels.device)
+
+
+def macro_f1(predicted: list[int], targets: list[int], n_labels: int) -> float:
+    """F1 averaged over the labels that occur in targets or predictions (sklearn's macro)."""
+    scores = []
+    for label in range(n_labels):
+        tp = sum(p == label and t == label for p, t in zip(predicted, targets, strict=True))
+        fp = sum(p == label and t != label for p, t in zip(predicted, targets, strict=True))
+        fn = sum(p != label and t == label for p, t in zip(predicted, targets, strict=True))
+        if tp + fp + fn:
+            scores.append(2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+@torch.no_grad()
+def evaluate_classifier(
+    model: Any, examples: Examples, batch_size: int, device: torch.device, autocast: Any
+) -> dict[str, float]:
+    """valid_loss, valid_accuracy and valid_macro_f1 over examples."""
+    model.eval()
+    loss_sum, predicted, targets = 0.0, [], []
+    for start in range(0, len(examples), batch_size):
+        batch = examples.batch(torch.arange(start, min(start + batch_size, len(examples))), device)
+        labels = batch.pop("labels")
+        with autocast:
+            logits = model(**batch).logits.float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        predicted += logits.argmax(-1).tolist()
+        targets += labels.tolist()
+    model.train()
+    return {
+        "valid_loss": loss_sum / max(1, len(targets)),
+        "valid_accuracy": sum(p == t for p, t in zip(predicted, targets, strict=True))
+        / max(1, len(targets)),
+        "valid_macro_f1": macro_f1(predicted, targets, model.config.num_labels),
+    }
+
+
+def cached_classifier(location: str, device: torch.device) -> tuple[Any, Any]:
+    """(model, tokenizer) for location, least recently used evicted."""
+    with _cache_lock:
+        if location in _cache:
+            _cache.move_to_end(location)
+            return _cache[location]
+        model = load_classifier(location, device, None).eval()
+        entry = (model, load_tokenizer(location))
+        _cache[location] = entry
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+        return entry
+
+
+@torch.no_grad()
+def classify(location: str, texts: list[str], device: torch.device) -> list[dict[str, Any]]:
+    """The label and per-label probabilities for each text."""
+    model, tokenizer = cached_classifier(location, device)
+    context = model.config.n_positions
+    # Keep the start, as training does (classification_examples cuts at max_length).
+    rows = [ids[:context] or [tokenizer.eos_token_id] for ids in tokenize_records(texts, tokenizer)]
+    ids, mask = pad_left(rows, tokenizer.eos_token_id)
+    ids, mask = ids.to(device), mask.to(device)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
+    probabilities = logits.float().softmax(-1).tolist()
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    return [
+        {
+            "index": index,
+            "label": names[max(range(len(names)), key=row.__getitem__)],
+            "probabilities": dict(zip(names, row, strict=True)),
+        }
+        for index, row in enumerate(probabilities)
+    ]

@@ -1,0 +1,199 @@
+"""Records to training examples for each task: packed or per-record LM, completion, labels."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from worker.training.data import split_blocks, tokenize_records
+
+# Labels the loss skips: CrossEntropyLoss's ignore_index, which HF models use too.
+IGNORE = -100
+
+
+@dataclass
+class Examples:
+    """Equal-length rows of input_ids (+ attention_mask, labels) the engine batches by index."""
+
+    input_ids: torch.Tensor
+    # None for packed blocks: every slot is a real token, and labels are the inputs.
+    attention_mask: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def batch(self, index: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+        """Model inputs for the rows in index, on device."""
+        ids = self.input_ids[index].to(device, non_blocking=True)
+        if self.attention_mask is None:
+            return {"input_ids": ids, "labels": ids}
+        mask = self.attention_mask[index].to(device, non_blocking=True)
+        assert self.labels is not None
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            # GPT-2 numbers positions 0..n-1 from the first slot; padding must not shift them.
+            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+            "labels": self.labels[index].to(device, non_blocking=True),
+        }
+
+    def tokens(self) -> int:
+        """Real (non-pad) token slots."""
+        if self.attention_mask is None:
+            return self.input_ids.numel()
+        return int(self.attention_mask.sum().item())
+
+    def select(self, rows: Sequence[int]) -> "Examples":
+        """The examples at rows, in that order."""
+        index = torch.tensor(list(rows), dtype=torch.long)
+
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[index]
+
+        return Examples(self.input_ids[index], pick(self.attention_mask), pick(self.labels))
+
+
+def blocks_to_examples(blocks: Sequence[Sequence[int]]) -> Examples:
+    """Packed fixed-size blocks (the run_clm recipe): labels are the inputs."""
+    if not blocks:
+        return Examples(torch.zeros((0, 0), dtype=torch.long))
+    return Examples(torch.tensor([list(b) for b in blocks], dtype=torch.long))
+
+
+def padding_stats(rows: list[list[int]], length: int, truncated: int) -> dict[str, float]:
+    """Records truncated and the fraction of token slots that are padding."""
+    slots = len(rows) * length
+    real = sum(len(row) for row in rows)
+    return {"truncated": truncated, "padding_fraction": (slots - real) / slots if slots else 0.0}
+
+
+def pad_right(
+    rows: list[list[int]], labels: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, labels) right-padded to the longest row; pad labels -100."""
+    length = max(len(row) for row in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    out = torch.full((len(rows), length), IGNORE, dtype=torch.long)
+    for i, (row, row_labels) in enumerate(zip(rows, labels, strict=True)):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+        out[i, : len(row)] = torch.tensor(row_labels)
+    return ids, mask, out
+
+
+def pad_left(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) padded on the left, so every row's last token is real."""
+    length = max(len(row) for row in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, length - len(row) :] = torch.tensor(row)
+            mask[i, length - len(row) :] = 1
+    return ids, mask
+
+
+def per_record_examples(
+    token_lists: list[list[int]], bos_id: int, eos_id: int, pad_id: int, max_length: int
+) -> Examples:
+    """One row per record: BOS + tokens + EOS, cut at max_length; loss on real tokens only."""
+    rows = [[bos_id, *ids, eos_id] for ids in token_lists]
+    truncated = sum(len(row) > max_length for row in rows)
+    rows = [row[:max_length] for row in rows]
+    ids, mask, labels = pad_right(rows, rows, pad_id)
+    return Examples(ids, mask, labels, padding_stats(rows, ids.shape[1], truncated))
+
+
+def completion_examples(
+    prompts: list[list[int]], completions: list[list[int]], eos_id: int, pad_id: int,
+    max_length: int,
+) -> Examples:  # fmt: skip
+    """prompt + completion + EOS per row; the loss sees completion tokens only."""
+    rows, labels, truncated = [], [], 0
+    for prompt, completion in zip(prompts, completions, strict=True):
+        target = [*completion, eos_id]
+        if len(prompt) + len(target) > max_length:
+            truncated += 1
+            # Keep the prompt's end (nearest the answer) and as much of the answer as fits.
+            target = target[: max(1, max_length - 1)]
+            prompt = (
+                prompt[len(prompt) - (max_length - len(target)) :]
+                if max_length > len(target)
+                else []
+            )
+        rows.append([*prompt, *target])
+        labels.append([IGNORE] * len(prompt) + target)
+    ids, mask, out = pad_right(rows, labels, pad_id)
+    return Examples(ids, mask, out, padding_stats(rows, ids.shape[1], truncated))
+
+
+def sorted_labels(labels: Sequence[str]) -> list[str]:
+    """Distinct labels, integers in numeric order first, then strings alphabetically."""
+
+    def key(label: str) -> tuple[int, int, str]:
+        is_int = label.lstrip("-").isdigit()
+        return (0, int(label), "") if is_int else (1, 0, label)
+
+    return sorted(set(labels), key=key)
+
+
+def classification_examples(
+    token_lists: list[list[int]], label_ids: list[int], pad_id: int, max_length: int
+) -> Examples:
+    """Left-padded rows (the classifier reads the last token) and one class id per row."""
+    truncated = sum(len(ids) > max_length for ids in token_lists)
+    rows = [ids[:max_length] or [pad_id] for ids in token_lists]
+    ids, mask = pad_left(rows, pad_id)
+    labels = torch.tensor(label_ids, dtype=torch.long)
+    return Examples(ids, mask, labels, padding_stats(rows, ids.shape[1], truncated))
+
+
+def split_examples(
+    examples: Examples, validation_split: float, seed: int
+) -> tuple[Examples, Examples]:
+    """(train, valid) with the same seeded shuffle split_blocks uses."""
+    train_rows, valid_rows = split_blocks(
+        [[i] for i in range(len(examples))], validation_split, seed
+    )
+    return examples.select([r[0] for r in train_rows]), examples.select([r[0] for r in valid_rows])
+
+
+def build_examples(
+    task: str, records: list[dict[str, str]], tokenizer: Any, max_length: int,
+    label_names: list[str] | None = None,
+) -> Examples:  # fmt: skip
+    """Examples for a non-packed task from its records."""
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    if task == "completion":
+        prompts = tokenize_records([r["prompt"] for r in records], tokenizer)
+        completions = tokenize_records([r["completion"] for r in records], tokenizer)
+        return completion_examples(prompts, completions, tokenizer.eos_token_id, pad_id, max_length)
+    texts = tokenize_records([r["text"] for r in records], tokenizer)
+    if task == "classification":
+        assert label_names is not None
+        index = {name: i for i, name in enumerate(label_names)}
+        return classification_examples(
+            texts, [index[r["label"]] for r in records], pad_id, max_length
+        )
+    return per_record_examples(
+        texts, tokenizer.bos_token_id, tokenizer.eos_token_id, pad_id, max_length
+    )
+
+
+def task_plan_message(s: dict[str, Any]) -> str:
+    """The validation event's line for a per-record task, with truncation and padding."""
+    epochs = f"{s['n_epochs']} epoch{'s' if s['n_epochs'] != 1 else ''}"
+    labels = f", {len(s['labels'])} labels" if s.get("labels") else ""
+    return (
+        f"Planned {s['task']} ({s['mode']}{labels}): {epochs} of {s['steps_per_epoch']} steps "
+        f"(batch {s['batch_size']}, max_length {s['max_length']}): "
+        f"{s['train_examples']} training examples ({s['train_tokens']} tokens), "
+        f"{s['valid_examples']} validation examples; {s['truncated']} records truncated, "
+        f"{s['padding_fraction']:.0%} of token slots are padding"
+    )
