@@ -25,8 +25,11 @@ def _sources(body: JobCreate) -> list[tuple[str, dict[str, Any]]]:
         )
     if body.hyperparameters:
         sources.append(("hyperparameters.", body.hyperparameters))
+    # getattr with a default: JobCreate may lag EXTENSION_FIELDS (extra="forbid" guards it).
     top = {
-        name: getattr(body, name) for name in EXTENSION_FIELDS if getattr(body, name) is not None
+        name: getattr(body, name, None)
+        for name in EXTENSION_FIELDS
+        if getattr(body, name, None) is not None
     }
     if top:
         sources.append(("", top))

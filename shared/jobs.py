@@ -1,16 +1,22 @@
 """Job ownership in SQL: compare-and-set claims, leases, fencing, events."""
 
+import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from shared.db.models import Job, JobEvent, JobStatus
 from shared.ids import new_id, now_ts
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 CLAIMABLE = (JobStatus.validating_files, JobStatus.queued)
 LEASED = (JobStatus.validating_files, JobStatus.queued, JobStatus.running)
 
@@ -169,3 +175,36 @@ def add_events(session: Session, rows: list[dict[str, Any]]) -> None:
 def add_event(session: Session, job_id: str, message: str, **fields: Any) -> None:
     """Insert one message event."""
     add_events(session, [event_row(job_id, message, **fields)])
+
+
+def db_unavailable(exc: BaseException) -> bool:
+    """True for errors that mean 'try again later' (down, locked, dropped), not a bad query."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def retry_db(
+    action: Callable[[], T],
+    what: str,
+    give_up_after: float,
+    stop: threading.Event | None = None,
+) -> T:
+    """Run action (one whole transaction) until it succeeds, backing off while the DB is away.
+
+    LeaseLost and real errors pass straight through; after give_up_after seconds, or once
+    stop is set (the lease is gone anyway), the last DB error is raised.
+    """
+    deadline = time.monotonic() + give_up_after
+    delay = 0.1
+    while True:
+        try:
+            return action()
+        except Exception as exc:
+            if not db_unavailable(exc):
+                raise
+            if time.monotonic() + delay > deadline or (stop is not None and stop.is_set()):
+                raise
+            log.warning("%s: database unavailable (%s); retrying in %.1fs", what, exc, delay)
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)

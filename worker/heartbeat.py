@@ -21,6 +21,7 @@ class Heartbeat:
         self.cancel_requested = False
         self.pause_requested = False
         self._expires_at = time.time() + lease_seconds
+        self._failing = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
@@ -43,12 +44,17 @@ class Heartbeat:
             return
         except Exception as exc:  # a DB blip: keep trying while the lease still holds
             log.warning("job %s: heartbeat failed: %s", self.lease.job_id, exc)
+            self._failing = True
             if time.time() >= self._expires_at:
                 self.lost.set()
             return
+        self._failing = False
         self._expires_at = time.time() + self.lease_seconds
         self.cancel_requested, self.pause_requested = flags
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval) and not self.lost.is_set():
+        # After a failed renewal, retry sooner: the lease is running out.
+        while not self._stop.wait(min(self.interval, 1.0) if self._failing else self.interval):
+            if self.lost.is_set():
+                return
             self.beat()
