@@ -8,6 +8,8 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError, not_found, validation_error
+from api.job_tasks import task_options
+from api.limits import check_active_jobs
 from api.schemas import JobCreate
 from shared.catalog import find_base_model
 from shared.db.models import File, Job, JobStatus
@@ -78,6 +80,8 @@ def build_job(session: Session, owner: str, body: JobCreate) -> Job:
     _check_file(session, owner, body.training_file, "training_file")
     if body.validation_file is not None:
         _check_file(session, owner, body.validation_file, "validation_file")
+    check_active_jobs(session, owner)
+    options = task_options(session, body)
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     now = now_ts()
     return Job(
@@ -90,6 +94,7 @@ def build_job(session: Session, owner: str, body: JobCreate) -> Job:
         seed=seed,
         status=JobStatus.validating_files.value,
         hyperparameters=hyperparameters,
+        options=options,
         created_at=now,
         steps_completed=0,
         cancel_requested=False,

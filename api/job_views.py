@@ -4,6 +4,7 @@ from typing import Any
 
 from api.schemas import CheckpointMetrics, CheckpointOut, EventOut, JobErrorOut, JobOut, MethodOut
 from shared.db.models import Checkpoint, Job, JobEvent
+from shared.spec import TASK_FIELDS
 
 # What the SDK's Hyperparameters shows before a worker resolves "auto".
 OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
@@ -15,6 +16,9 @@ def shown_hyperparameters(job: Job) -> dict[str, Any]:
         return dict(job.resolved)
     shown: dict[str, Any] = {name: "auto" for name in OPENAI_HYPERPARAMETERS}
     shown.update(job.hyperparameters or {})
+    # The task is resolved at creation (inferred from the file): show it before the worker runs.
+    options = job.options or {}
+    shown.update({name: options[name] for name in TASK_FIELDS if name in options})
     return shown
 
 

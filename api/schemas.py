@@ -85,6 +85,10 @@ class JobCreate(BaseModel):
     validation_split: float | None = None
     warmup_ratio: float | None = None
     weight_decay: float | None = None
+    # Task extensions (shared.spec.TaskOptions checks them); the task is inferred when absent.
+    task: Any = None
+    packing: Any = None
+    max_length: Any = None
 
 
 class JobErrorOut(BaseModel):

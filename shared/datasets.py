@@ -76,6 +76,18 @@ def task_for_format(stored: str) -> str:
     return KIND_TASKS[record_kind(stored) or "text"]
 
 
+def check_task(task: str, stored: str) -> None:
+    """Refuse a task the file's records cannot teach (causal_lm trains on any kind)."""
+    kind = record_kind(stored) or "text"
+    if task != "causal_lm" and kind != TASK_KINDS[task]:
+        fields = _quoted(KINDS[TASK_KINDS[task]])
+        raise DatasetError(
+            f"task {task!r} needs {fields} records, but the file holds {kind} records "
+            f"({_quoted(KINDS[kind])}); upload a matching file or leave task out to infer it",
+            field="task",
+        )
+
+
 def _decode_lines(path: Path) -> Iterator[tuple[int, str]]:
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
