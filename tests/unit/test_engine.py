@@ -88,7 +88,15 @@ def test_training_learns_and_saves_loadable_models(plan: Plan, tmp_path: Path) -
 
     assert [step for step, _ in callbacks.logs] == list(range(1, 13))
     first, last = callbacks.logs[0][1], callbacks.logs[-1][1]
-    assert set(first) == {"step", "epoch", "train_loss", "learning_rate", "tokens_seen"}
+    assert set(first) == {
+        "step",
+        "epoch",
+        "train_loss",
+        "train_mean_token_accuracy",
+        "learning_rate",
+        "tokens_seen",
+    }
+    assert 0.0 <= first["train_mean_token_accuracy"] <= 1.0
     assert first["epoch"] == 0.25 and first["tokens_seen"] == 4 * 32
     assert last["train_loss"] < first["train_loss"] - 1.0
     learning_rates = [metrics["learning_rate"] for _, metrics in callbacks.logs]

@@ -1,9 +1,10 @@
-"""The training loop: AdamW, warmup + linear decay, clipping, per-epoch eval and checkpoints."""
+"""The training loop: AdamW, LR schedules, accumulation, clipping, evals, best checkpoints."""
 
 import math
 import random
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,30 @@ from shared.spec import TrainingSpec
 from worker.training.callbacks import TrainingCallbacks
 from worker.training.checkpoints import (
     capture_rng_state,
+    checkpoint_name,
     load_training_state,
     read_checkpoint_info,
     restore_rng_state,
     save_checkpoint,
 )
-from worker.training.models import load_causal_lm, load_tokenizer
+from worker.training.classify import (
+    count_targets,
+    evaluate_classifier,
+    load_for_task,
+    prediction_counts,
+)
+from worker.training.methods import Exportable, copy_model_files
+from worker.training.models import load_tokenizer
+from worker.training.results import (
+    BestState,
+    early_stop_message,
+    memorization_fraction,
+    sample_continuations,
+    should_stop_early,
+    update_best,
+)
+from worker.training.schedules import lr_multiplier, warmup_steps_for
+from worker.training.tasks import IGNORE, Examples, as_examples
 
 
 @dataclass
@@ -36,7 +55,7 @@ class TrainResult:
 
 
 @dataclass
-class Progress:
+class Progress(BestState):
     """Where the loop is; saved in every checkpoint so a resume starts at the same batch."""
 
     epoch: int = 0
@@ -46,8 +65,11 @@ class Progress:
     epoch_loss_sum: float = 0.0
     epoch_loss_steps: int = 0
     last_train_loss: float = float("nan")
+    last_train_accuracy: float = float("nan")
     # Data-order generator state before this epoch's permutation was drawn.
     order_state: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.uint8))
+    # Token ids of the sample_prompts generations so far: the memorization check's input.
+    sampled: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -98,28 +120,16 @@ def build_optimizer(model: Any, spec: TrainingSpec) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=spec.learning_rate, betas=(0.9, 0.999), eps=1e-8)
 
 
-def warmup_then_linear_decay(warmup_steps: int, total_steps: int):
-    """LR multiplier: linear ramp over warmup_steps, then linear decay to 0 at total_steps."""
-
-    def multiplier(step: int) -> float:
-        if step < warmup_steps:
-            # (step + 1): the first step already learns, unlike a ramp from exactly 0.
-            return (step + 1) / (warmup_steps + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return multiplier
-
-
 def setup_run(
     spec: TrainingSpec, total_steps: int, device: torch.device, resume_from: Path | None
 ) -> Run:
     """Load the model (base or checkpoint) and build optimizer, scheduler and scaler."""
-    model = load_causal_lm(str(resume_from or spec.model_location), device)
+    model = load_for_task(spec, device, resume_from)
     model.train()
     tokenizer = load_tokenizer(spec.model_location)
     optimizer = build_optimizer(model, spec)
-    warmup_steps = math.ceil(spec.warmup_ratio * total_steps)
-    schedule = warmup_then_linear_decay(warmup_steps, total_steps)
+    warmup_steps = warmup_steps_for(spec.warmup_ratio, total_steps)
+    schedule = lr_multiplier(spec.lr_scheduler, warmup_steps, total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     amp_dtype = pick_amp_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -164,54 +174,87 @@ def autocast(run: Run) -> torch.autocast:
     return torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None)
 
 
-def optimizer_step(
-    run: Run, batch: torch.Tensor, max_grad_norm: float
-) -> tuple[torch.Tensor, float]:
-    """One forward/backward/update; returns the (unsynced) loss and the LR it used."""
-    with autocast(run):
-        # labels = inputs: the model shifts them by one internally.
-        loss = run.model(input_ids=batch, labels=batch).loss
-    run.scaler.scale(loss).backward()
+def micro_batches(batch: Any, accumulation: int) -> list[dict[str, torch.Tensor]]:
+    """The batch (a tensor of blocks or a dict of model inputs) cut into accumulation pieces."""
+    inputs = batch if isinstance(batch, dict) else {"input_ids": batch, "labels": batch}
+    rows = inputs["input_ids"].shape[0]
+    size = math.ceil(rows / accumulation)
+    return [
+        {name: tensor[start : start + size] for name, tensor in inputs.items()}
+        for start in range(0, rows, size)
+    ]
+
+
+def optimizer_step(run: Run, batch: Any, spec: TrainingSpec) -> tuple[torch.Tensor, float, Any]:
+    """Accumulated forward/backward passes, one update; (unsynced) loss, LR, accuracy counts."""
+    pieces = micro_batches(batch, spec.gradient_accumulation_steps)
+    # Each piece's mean loss is weighted by its share of predicted tokens: the accumulated
+    # gradient then equals the whole batch's, even when the pieces differ in size.
+    counted = [count_targets(piece["labels"]) for piece in pieces]
+    total = torch.stack(counted).sum().clamp(min=1)
+    loss_sum = torch.zeros((), device=run.device)
+    correct_sum = torch.zeros((), device=run.device, dtype=torch.long)
+    for piece, count in zip(pieces, counted, strict=True):
+        with autocast(run):
+            # labels: the model shifts them by one internally.
+            output = run.model(**piece)
+        weighted = output.loss * (count / total)
+        run.scaler.scale(weighted).backward()
+        loss_sum += weighted.detach().float()
+        correct_sum += prediction_counts(output.logits.detach(), piece["labels"])[0]
+    loss = loss_sum
     run.scaler.unscale_(run.optimizer)
-    torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_grad_norm)
+    trainable = [p for p in run.model.parameters() if p.requires_grad]
+    torch.nn.utils.clip_grad_norm_(trainable, spec.max_grad_norm)
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
     learning_rate = float(run.scheduler.get_last_lr()[0])
     run.scheduler.step()
-    return loss.detach(), learning_rate
+    return loss.detach(), learning_rate, (correct_sum, total)
 
 
 @torch.no_grad()
-def evaluate(run: Run, blocks: list[list[int]], batch_size: int) -> dict[str, float]:
-    """Token-weighted loss, perplexity and next-token accuracy over blocks."""
+def evaluate(run: Run, blocks: Any, batch_size: int) -> dict[str, float]:
+    """Token-weighted loss, perplexity and next-token accuracy (classifiers: accuracy, F1)."""
+    examples = as_examples(blocks)
+    if examples.labels is not None and examples.labels.dim() == 1:
+        return evaluate_classifier(run.model, examples, batch_size, run.device, autocast(run))
     run.model.eval()
     loss_sum, correct, count = 0.0, 0, 0
-    for start in range(0, len(blocks), batch_size):
-        batch = torch.tensor(blocks[start : start + batch_size], device=run.device)
+    for start in range(0, len(examples), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(examples)))
+        batch = examples.batch(index, run.device)
+        labels = batch.pop("labels")
         with autocast(run):
-            logits = run.model(input_ids=batch).logits
-        logits, targets = logits[:, :-1].float(), batch[:, 1:]
-        loss_sum += F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
-        correct += int((logits.argmax(-1) == targets).sum().item())
-        count += targets.numel()
+            logits = run.model(**batch).logits
+        logits, targets = logits[:, :-1].float(), labels[:, 1:]
+        loss_sum += F.cross_entropy(
+            logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
+        ).item()
+        counted = targets != IGNORE
+        correct += int(((logits.argmax(-1) == targets) & counted).sum().item())
+        count += int(counted.sum().item())
     run.model.train()
-    valid_loss = loss_sum / count
+    valid_loss = loss_sum / max(1, count)
     return {
         "valid_loss": valid_loss,
         # Capped: exp() of a diverged loss would overflow a float.
         "valid_perplexity": math.exp(min(valid_loss, 50.0)),
-        "valid_mean_token_accuracy": correct / count,
+        "valid_mean_token_accuracy": correct / max(1, count),
     }
 
 
-def save_final_model(run: Run, final_dir: Path) -> Path:
-    """Weights, config, generation config and tokenizer, renamed into final_dir when complete."""
+def save_final_model(run: Run, final_dir: Path, source: Path | None = None) -> Path:
+    """The live model, or the source checkpoint's, renamed into final_dir when complete."""
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}-", dir=final_dir.parent))
     try:
-        run.model.save_pretrained(staging)
-        run.tokenizer.save_pretrained(staging)
+        if source is not None:
+            copy_model_files(source, staging)
+        else:
+            Exportable(run.model).save_pretrained(staging)
+            run.tokenizer.save_pretrained(staging)
         staging.chmod(0o755)
         if final_dir.exists():
             # A previous attempt finished saving but not reporting: replace its copy.
@@ -221,6 +264,16 @@ def save_final_model(run: Run, final_dir: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final_dir
+
+
+def flush_accuracy(progress: Progress, window: list[Any]) -> float:
+    """Token accuracy over the window's steps (one GPU sync), else the last logged one."""
+    if window:
+        correct = torch.stack([c for c, _ in window]).sum().item()
+        counted = torch.stack([n for _, n in window]).sum().item()
+        progress.last_train_accuracy = correct / max(1, counted)
+        window.clear()
+    return progress.last_train_accuracy
 
 
 def flush_losses(progress: Progress, window: list[torch.Tensor]) -> float:
@@ -248,38 +301,138 @@ def write_checkpoint(
     """Save a complete checkpoint, then tell the callbacks (the DB row comes last)."""
     step = run.progress.global_step
     path = save_checkpoint(
-        checkpoints_dir, step, run.model, run.tokenizer, training_state(run), metrics
+        checkpoints_dir, step, Exportable(run.model), run.tokenizer, training_state(run), metrics
     )
     callbacks.on_checkpoint(step, path, metrics)
     return path
 
 
 def finish_epoch(
-    run: Run, spec: TrainingSpec, valid_blocks: list[list[int]], callbacks: TrainingCallbacks
+    run: Run,
+    spec: TrainingSpec,
+    valid_blocks: Any,
+    callbacks: TrainingCallbacks,
+    epoch: float | None = None,
 ) -> dict[str, float]:
-    """Evaluate, report, and return the metrics the epoch checkpoint records."""
+    """Evaluate, report, and return the metrics the checkpoint records (mid-epoch: epoch set)."""
     progress = run.progress
     metrics = {
         "step": progress.global_step,
-        "epoch": progress.epoch,
+        "epoch": progress.epoch if epoch is None else epoch,
         "train_loss": epoch_train_loss(progress),
+        "train_mean_token_accuracy": progress.last_train_accuracy,
     }
-    done = f"Epoch {progress.epoch}/{spec.n_epochs} done:"
-    if valid_blocks:
+    done = (
+        f"Epoch {progress.epoch}/{spec.n_epochs} done:"
+        if epoch is None
+        else f"Step {progress.global_step}:"
+    )
+    if len(valid_blocks):
         evaluation = evaluate(run, valid_blocks, spec.batch_size)
-        callbacks.on_eval(progress.global_step, {"epoch": progress.epoch, **evaluation})
+        callbacks.on_eval(progress.global_step, {**metrics, **evaluation})
         callbacks.on_message(f"{done} valid_loss {evaluation['valid_loss']:.2f}", evaluation)
-        metrics["valid_loss"] = evaluation["valid_loss"]
-        metrics["valid_mean_token_accuracy"] = evaluation["valid_mean_token_accuracy"]
+        metrics.update(evaluation)
     else:
         callbacks.on_message(f"{done} train_loss {metrics['train_loss']:.2f}", dict(metrics))
     return metrics
 
 
+def sample_prompts(run: Run, spec: TrainingSpec, callbacks: TrainingCallbacks) -> None:
+    """Generate for each sample prompt; one message event each, ids kept for memorization."""
+    prompts = spec.method.sample_prompts
+    if not prompts:
+        return
+    step = run.progress.global_step
+    samples = sample_continuations(run.model, run.tokenizer, prompts, run.device, spec.seed + step)
+    for prompt, (text, ids) in zip(prompts, samples, strict=True):
+        callbacks.on_message(
+            f"Sample at step {step}: {prompt!r} -> {text!r}",
+            {"prompt": prompt, "text": text, "step": step},
+        )
+        run.progress.sampled.append(ids)
+
+
+def conclude_evaluation(
+    run: Run,
+    spec: TrainingSpec,
+    metrics: dict[str, float],
+    callbacks: TrainingCallbacks,
+    checkpoints_dir: Path,
+) -> bool:
+    """Mark a new best, sample, checkpoint; True when early stopping ends the run here."""
+    progress = run.progress
+    is_best = "valid_loss" in metrics and update_best(
+        progress, metrics["valid_loss"], progress.global_step
+    )
+    sample_prompts(run, spec, callbacks)
+    write_checkpoint(run, checkpoints_dir, callbacks, {**metrics, "is_best": is_best})
+    patience = spec.early_stopping_patience
+    if patience is not None and should_stop_early(progress, patience):
+        callbacks.on_message(
+            early_stop_message(progress, patience),
+            {"best_valid_loss": progress.best_valid_loss, "best_step": progress.best_step},
+        )
+        return True
+    return False
+
+
+def after_step(
+    run: Run,
+    spec: TrainingSpec,
+    valid_blocks: Any,
+    callbacks: TrainingCallbacks,
+    checkpoints_dir: Path,
+    window: list[torch.Tensor],
+    steps_per_epoch: int,
+) -> bool:
+    """Mid-epoch evaluation or resume checkpoint when due; True to stop early."""
+    progress = run.progress
+    if progress.step_in_epoch >= steps_per_epoch:
+        return False  # the epoch's end evaluates and checkpoints anyway
+    epoch = progress.epoch + progress.step_in_epoch / steps_per_epoch
+    every_eval, every = spec.eval_every_steps, spec.checkpoint_every_steps
+    if len(valid_blocks) and every_eval and progress.global_step % every_eval == 0:
+        flush_losses(progress, window)
+        metrics = finish_epoch(run, spec, valid_blocks, callbacks, epoch=epoch)
+        return conclude_evaluation(run, spec, metrics, callbacks, checkpoints_dir)
+    if every and progress.global_step % every == 0:
+        metrics = {
+            "step": progress.global_step,
+            "epoch": epoch,
+            "train_loss": flush_losses(progress, window),
+        }
+        write_checkpoint(run, checkpoints_dir, callbacks, metrics)
+    return False
+
+
+def final_results(
+    run: Run, spec: TrainingSpec, train_blocks: Any, metrics: dict[str, float], early: bool
+) -> dict[str, Any]:
+    """The last evaluation plus best, kept model, early stop and memorization figures."""
+    progress = run.progress
+    sampled = list(progress.sampled)
+    # A classifier generates nothing: no samples, no memorization figure.
+    if not sampled and spec.task != "classification":
+        # No sample prompts: a few unconditioned generations still measure memorization.
+        unconditioned = [""] * 4
+        sampled = [ids for _, ids in sample_continuations(
+            run.model, run.tokenizer, unconditioned, run.device, spec.seed)]  # fmt: skip
+    final: dict[str, Any] = dict(metrics)
+    final.pop("is_best", None)
+    if progress.best_step >= 0:
+        final["best_valid_loss"] = progress.best_valid_loss
+        final["best_step"] = progress.best_step
+    final["kept"] = "best" if spec.keep == "best" and progress.best_step >= 0 else "last"
+    final["early_stopped"] = early
+    final["memorization_fraction"] = memorization_fraction(sampled, train_blocks)
+    final["memorization_samples"] = len(sampled)
+    return final
+
+
 def train(
     spec: TrainingSpec,
-    train_blocks: list[list[int]],
-    valid_blocks: list[list[int]],
+    train_blocks: Examples | Sequence[Sequence[int]],
+    valid_blocks: Examples | Sequence[Sequence[int]],
     checkpoints_dir: Path,
     final_dir: Path,
     callbacks: TrainingCallbacks,
@@ -295,8 +448,11 @@ def train(
     total_steps = steps_per_epoch * spec.n_epochs
     run = setup_run(spec, total_steps, pick_device(device), resume_from)
     progress = run.progress
-    data = torch.tensor(train_blocks, dtype=torch.long)
+    # Packed blocks (lists of ids) or per-record Examples: batched the same way by index.
+    data, valid_blocks = as_examples(train_blocks), as_examples(valid_blocks)
     window: list[torch.Tensor] = []
+    accuracy_window: list[Any] = []
+    early = False
     # A resume of a finished last epoch goes straight to saving: report that epoch's metrics.
     metrics: dict[str, float] = read_checkpoint_info(resume_from) if resume_from else {}
     where = f"from step {progress.global_step}" if resume_from else "from the start"
@@ -321,39 +477,32 @@ def train(
                 return TrainResult(reason, step, tokens, metrics, None)
 
             start = progress.step_in_epoch * batch_size
-            batch = data[order[start : start + batch_size]].to(run.device, non_blocking=True)
-            loss, learning_rate = optimizer_step(run, batch, spec.max_grad_norm)
+            index = order[start : start + batch_size]
+            batch = data.batch(index, run.device)
+            loss, learning_rate, accuracy = optimizer_step(run, batch, spec)
             window.append(loss)
+            accuracy_window.append(accuracy)
             progress.step_in_epoch += 1
             progress.global_step += 1
-            progress.tokens_seen += batch.numel()
+            progress.tokens_seen += data.tokens_in(index)
             if progress.global_step % log_every_steps == 0:
                 # .item() syncs the GPU: only here, every log_every_steps steps.
                 log = {
                     "step": progress.global_step,
                     "epoch": progress.global_step / steps_per_epoch,
                     "train_loss": flush_losses(progress, window),
+                    "train_mean_token_accuracy": flush_accuracy(progress, accuracy_window),
                     "learning_rate": learning_rate,
                     "tokens_seen": progress.tokens_seen,
                 }
                 callbacks.on_log(progress.global_step, log)
-            every = spec.checkpoint_every_steps
-            if (
-                every
-                and progress.global_step % every == 0
-                and progress.step_in_epoch < steps_per_epoch
-            ):
-                # Mid-epoch resume point; epoch ends checkpoint below anyway.
-                write_checkpoint(
-                    run,
-                    checkpoints_dir,
-                    callbacks,
-                    {
-                        "step": progress.global_step,
-                        "epoch": progress.epoch + progress.step_in_epoch / steps_per_epoch,
-                        "train_loss": flush_losses(progress, window),
-                    },
-                )
+            early = after_step(
+                run, spec, valid_blocks, callbacks, checkpoints_dir, window, steps_per_epoch
+            )
+            if early:
+                break
+        if early:
+            break
 
         flush_losses(progress, window)
         progress.epoch += 1
@@ -361,8 +510,16 @@ def train(
         progress.step_in_epoch = 0
         progress.epoch_loss_sum, progress.epoch_loss_steps = 0.0, 0
         progress.order_state = run.order_generator.get_state()
-        write_checkpoint(run, checkpoints_dir, callbacks, metrics)
+        if conclude_evaluation(run, spec, metrics, callbacks, checkpoints_dir):
+            early = True
+            break
 
-    model_dir = save_final_model(run, final_dir)
-    callbacks.on_message(f"Training done: {progress.global_step} steps, final model saved")
-    return TrainResult(None, progress.global_step, progress.tokens_seen, metrics, model_dir)
+    final = final_results(run, spec, train_blocks, metrics, early)
+    best = progress.best_step if final["kept"] == "best" else None
+    source = checkpoints_dir / checkpoint_name(best) if best is not None else None
+    model_dir = save_final_model(run, final_dir, source)
+    kept = f"best (step {best})" if best is not None else "last"
+    callbacks.on_message(
+        f"Training done: {progress.global_step} steps, final model saved from the {kept} weights"
+    )
+    return TrainResult(None, progress.global_step, progress.tokens_seen, final, model_dir)

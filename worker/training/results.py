@@ -1,0 +1,123 @@
+"""Results: token accuracy, best-checkpoint tracking, early stopping, samples, memorization."""
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# A generation holding 8 consecutive training tokens verbatim counts as memorized text.
+MEMORIZATION_NGRAM = 8
+# Sampled continuations are short: enough to show style, cheap on CPU.
+SAMPLE_TOKENS = 32
+
+
+def token_accuracy_counts(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct, counted) next-token predictions as tensors (no GPU sync); -100 is ignored."""
+    predicted = logits[:, :-1].argmax(-1)
+    targets = labels[:, 1:]
+    mask = targets != -100
+    return ((predicted == targets) & mask).sum(), mask.sum()
+
+
+@dataclass
+class BestState:
+    """The lowest validation loss so far, where, and how many evaluations since."""
+
+    best_valid_loss: float = math.inf
+    best_step: int = -1
+    evals_since_best: int = 0
+
+
+def update_best(state: BestState, valid_loss: float, step: int) -> bool:
+    """Record one evaluation; True when it is a new best (strictly lower loss)."""
+    if valid_loss < state.best_valid_loss:
+        state.best_valid_loss, state.best_step, state.evals_since_best = valid_loss, step, 0
+        return True
+    state.evals_since_best += 1
+    return False
+
+
+def should_stop_early(state: BestState, patience: int | None) -> bool:
+    """True when patience evaluations in a row brought no new best."""
+    return patience is not None and state.evals_since_best >= patience
+
+
+def early_stop_message(state: BestState, patience: int) -> str:
+    """The event text for an early stop."""
+    return (
+        f"Early stopping: validation loss has not improved for {patience} evaluation"
+        f"{'s' if patience != 1 else ''} (best {state.best_valid_loss:.4f} at step "
+        f"{state.best_step})"
+    )
+
+
+def ngrams(tokens: Sequence[int], n: int = MEMORIZATION_NGRAM) -> set[tuple[int, ...]]:
+    """Every n-gram of tokens."""
+    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
+
+
+def _rows(blocks: Any) -> Iterable[Sequence[int]]:
+    """Token rows from a list of blocks, a tensor, or anything with input_ids."""
+    rows = getattr(blocks, "input_ids", blocks)
+    return rows.tolist() if isinstance(rows, torch.Tensor) else rows
+
+
+def memorization_fraction(
+    generations: Sequence[Sequence[int]], train_blocks: Any, n: int = MEMORIZATION_NGRAM
+) -> float | None:
+    """Fraction of generations holding a training n-gram verbatim; None without generations.
+
+    One pass over the training data against the generations' few n-grams: memory stays small
+    however large the corpus.
+    """
+    if not generations:
+        return None
+    wanted = [ngrams(tokens, n) for tokens in generations]
+    pending = set().union(*wanted)
+    found: set[tuple[int, ...]] = set()
+    for row in _rows(train_blocks):
+        if not pending:
+            break
+        hits = ngrams(row, n) & pending
+        found |= hits
+        pending -= hits
+    return sum(1 for grams in wanted if grams & found) / len(generations)
+
+
+@torch.no_grad()
+def sample_continuations(
+    model: Any, tokenizer: Any, prompts: Sequence[str], device: torch.device, seed: int
+) -> list[tuple[str, list[int]]]:
+    """(text, new token ids) per prompt: seeded sampling, so reruns show the same text."""
+    was_training = model.training
+    model.eval()
+    generator_state = torch.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    torch.manual_seed(seed)
+    results = []
+    try:
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt").input_ids if prompt else None
+            if ids is None or ids.shape[1] == 0:
+                ids = torch.tensor([[tokenizer.eos_token_id]])
+            output = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=torch.ones_like(ids).to(device),
+                max_new_tokens=SAMPLE_TOKENS,
+                do_sample=True,
+                top_k=50,
+                pad_token_id=tokenizer.eos_token_id,
+            )
+            new_ids = output[0, ids.shape[1] :].tolist()
+            results.append((tokenizer.decode(new_ids, skip_special_tokens=True), new_ids))
+    finally:
+        # Sampling must not shift the training run's random stream (resume reproducibility).
+        torch.set_rng_state(generator_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state_all(cuda_state)
+        model.train(was_training)
+    return results
