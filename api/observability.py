@@ -121,8 +121,14 @@ class LatencyMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route: Any = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            HTTP_LATENCY.labels(scope["method"], template, str(status[0])).observe(
+            HTTP_LATENCY.labels(scope["method"], route_template(scope), str(status[0])).observe(
                 time.perf_counter() - started
             )
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's full path template (/v1/.../{job_id}), or "unmatched"."""
+    # FastAPI keeps the prefixed template of an included router's route here.
+    context: Any = (scope.get("fastapi") or {}).get("effective_route_context")
+    route: Any = scope.get("route")
+    return getattr(context, "path", None) or getattr(route, "path", None) or "unmatched"

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TextIO
 
 # Set while a worker runs a job: every line logged in that context names the job.
 current_job_id: ContextVar[str | None] = ContextVar("gpt2ft_job_id", default=None)
@@ -39,9 +39,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Route the root logger (and uvicorn's, celery's) to stderr as JSON lines."""
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
+    """Route the root logger (and uvicorn's, celery's) to stderr (or stream) as JSON lines."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -50,6 +50,10 @@ def configure_logging(level: str = "INFO") -> None:
         named = logging.getLogger(name)
         named.handlers[:] = []
         named.propagate = True
+    # Alembic's fileConfig disables every logger that existed before it ran: undo that.
+    for existing in logging.root.manager.loggerDict.values():
+        if isinstance(existing, logging.Logger):
+            existing.disabled = False
 
 
 @contextmanager
