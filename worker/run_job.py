@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Any
 
 from shared.catalog import find_base_model
-from shared.datasets import DatasetError, read_texts
+from shared.datasets import DatasetError, read_records, task_for_format
 from shared.db.models import File, FineTunedModel, Job, JobStatus
 from shared.db.session import session_scope
 from shared.ids import new_sortable_id, now_ts
@@ -29,7 +29,7 @@ from shared.logging_setup import job_logging
 from shared.metrics_table import load_points, render_csv
 from shared.naming import fine_tuned_model_id
 from shared.settings import Settings, get_settings
-from shared.spec import Hyperparameters
+from shared.spec import TASK_FIELDS, Hyperparameters, TaskOptions
 from shared.storage import Storage, get_storage
 from worker.heartbeat import Heartbeat
 from worker.reporting import DbReporter, merge_stats
@@ -57,6 +57,8 @@ class JobSnapshot:
     suffix: str | None
     seed: int
     hyperparameters: dict[str, Any]
+    # Extension request fields (task, packing, max_length, method fields).
+    options: dict[str, Any] | None = None
 
 
 @lru_cache
@@ -140,17 +142,20 @@ def _snapshot(job_id: str) -> JobSnapshot:
             job.suffix,
             job.seed,
             dict(job.hyperparameters),
+            dict(job.options or {}),
         )
 
 
-def _read_file(file_id: str, param: str, owner: str, storage: Storage) -> list[str]:
+def _read_file(
+    file_id: str, param: str, owner: str, storage: Storage
+) -> tuple[list[dict[str, str]], str]:
     with session_scope() as session:
         row = session.get(File, file_id)
         fmt = row.format if row and row.owner == owner and row.deleted_at is None else None
     if fmt is None:
         raise JobFailure("invalid_file", f"{param} {file_id} no longer exists", param)
     try:
-        return read_texts(storage.file_path(file_id), fmt)
+        return read_records(storage.file_path(file_id), fmt), fmt
     except DatasetError as exc:
         raise JobFailure("invalid_file", f"{param} {file_id}: {exc}", param) from None
 
@@ -158,7 +163,8 @@ def _read_file(file_id: str, param: str, owner: str, storage: Storage) -> list[s
 def prepare(job: JobSnapshot, settings: Settings, storage: Storage) -> Any:
     """Check the model and files and resolve the plan; JobFailure says what is wrong."""
     from worker.training.models import ModelUnavailable, ensure_available
-    from worker.training.plan import PlanError, plan_training
+    from worker.training.plan import PlanError
+    from worker.training.task_plan import plan_task
 
     base = find_base_model(job.model, settings.resolved_models_dir)
     if base is None:
@@ -167,15 +173,20 @@ def prepare(job: JobSnapshot, settings: Settings, storage: Storage) -> Any:
         ensure_available(base)
     except ModelUnavailable as exc:
         raise JobFailure("model_not_available", str(exc), "model") from None
-    train_texts = _read_file(job.training_file, "training_file", job.owner, storage)
-    valid_texts = (
-        _read_file(job.validation_file, "validation_file", job.owner, storage)
+    train_records, train_format = _read_file(
+        job.training_file, "training_file", job.owner, storage
+    )
+    valid_records = (
+        _read_file(job.validation_file, "validation_file", job.owner, storage)[0]
         if job.validation_file
         else None
     )
+    options = {k: v for k, v in (job.options or {}).items() if k in TASK_FIELDS}
+    task_options = TaskOptions.model_validate(options)
+    task = task_options.task or task_for_format(train_format)
     try:
         hp = Hyperparameters.model_validate(job.hyperparameters)
-        return plan_training(hp, base, train_texts, valid_texts, job.seed)
+        return plan_task(hp, base, task_options, task, train_records, valid_records, job.seed)
     except PlanError as exc:
         raise JobFailure("invalid_hyperparameters", str(exc), exc.param) from None
 
@@ -218,8 +229,8 @@ def _run_claimed(lease: Lease, heartbeat: Heartbeat, settings: Settings, storage
     )
     result = train(
         plan.spec,
-        plan.train_blocks,
-        plan.valid_blocks,
+        plan.train_examples,
+        plan.valid_examples,
         checkpoints_dir,
         storage.model_dir(job.id),
         reporter,

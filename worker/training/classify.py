@@ -131,3 +131,23 @@ def classify(location: str, texts: list[str], device: torch.device) -> list[dict
         }
         for index, row in enumerate(probabilities)
     ]
+
+
+def load_for_task(spec: Any, device: torch.device, resume_from: Path | None) -> Any:
+    """A classifier (fresh head from spec.labels, or the checkpoint's), else the method's LM."""
+    if spec.task != "classification":
+        from worker.training.methods import load_for_training
+
+        return load_for_training(spec, device, resume_from)
+    if resume_from is not None:
+        return load_classifier(str(resume_from), device, None)
+    return load_classifier(spec.model_location, device, spec.labels)
+
+
+def prediction_counts(logits: torch.Tensor, labels: torch.Tensor) -> tuple[Any, Any]:
+    """(correct, counted): class predictions for 1-D labels, else next-token predictions."""
+    if labels.dim() == 1:
+        return class_accuracy_counts(logits, labels)
+    from worker.training.results import token_accuracy_counts
+
+    return token_accuracy_counts(logits, labels)

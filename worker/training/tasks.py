@@ -46,6 +46,12 @@ class Examples:
             return self.input_ids.numel()
         return int(self.attention_mask.sum().item())
 
+    def tokens_in(self, index: torch.Tensor) -> int:
+        """Real token slots in the rows at index (CPU tensors: no GPU sync)."""
+        if self.attention_mask is None:
+            return int(index.numel()) * int(self.input_ids.shape[1])
+        return int(self.attention_mask[index].sum().item())
+
     def select(self, rows: Sequence[int]) -> "Examples":
         """The examples at rows, in that order."""
         index = torch.tensor(list(rows), dtype=torch.long)
@@ -61,6 +67,11 @@ def blocks_to_examples(blocks: Sequence[Sequence[int]]) -> Examples:
     if not blocks:
         return Examples(torch.zeros((0, 0), dtype=torch.long))
     return Examples(torch.tensor([list(b) for b in blocks], dtype=torch.long))
+
+
+def as_examples(data: "Examples | Sequence[Sequence[int]]") -> Examples:
+    """Examples as they are; a list of packed blocks converted."""
+    return data if isinstance(data, Examples) else blocks_to_examples(data)
 
 
 def padding_stats(rows: list[list[int]], length: int, truncated: int) -> dict[str, float]:
