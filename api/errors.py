@@ -29,8 +29,10 @@ class ApiError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
+        self.headers = headers or {}
         self.status = status
         self.message = message
         self.type = type
@@ -86,7 +88,9 @@ def validation_error(
 
 async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return envelope(exc.status, exc.message, exc.type, exc.param, exc.code)
+    response = envelope(exc.status, exc.message, exc.type, exc.param, exc.code)
+    response.headers.update(exc.headers)
+    return response
 
 
 async def _request_validation(_request: Request, exc: Exception) -> JSONResponse:

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError, not_found, validation_error
+from api.job_methods import method_options
 from api.job_tasks import task_options
 from api.limits import check_active_jobs
 from api.schemas import JobCreate
@@ -81,7 +82,7 @@ def build_job(session: Session, owner: str, body: JobCreate) -> Job:
     if body.validation_file is not None:
         _check_file(session, owner, body.validation_file, "validation_file")
     check_active_jobs(session, owner)
-    options = task_options(session, body)
+    options = {**task_options(session, body), **method_options(body)}
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     now = now_ts()
     return Job(

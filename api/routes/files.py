@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import Owner
 from api.errors import ApiError, not_found
+from api.limits import check_stored_bytes
 from api.pagination import cursor_row, newest_first
 from api.schemas import Deleted, FileOut, ListPage
 from api.uploads import Upload, receive_upload
@@ -86,6 +87,7 @@ def _store_upload(owner: str, upload: Upload) -> FileOut:
     upload.path.rename(final)
     try:
         with session_scope() as session:
+            check_stored_bytes(session, owner, upload.size)
             row = File(
                 id=file_id,
                 owner=owner,
@@ -103,6 +105,11 @@ def _store_upload(owner: str, upload: Upload) -> FileOut:
     return file_out(row)
 
 
+def _check_quota(owner: str) -> None:
+    with session_scope() as session:
+        check_stored_bytes(session, owner, 1)
+
+
 @router.post(
     "",
     response_model=FileOut,
@@ -115,6 +122,7 @@ async def create_file(request: Request, owner: Owner) -> FileOut:
     settings = get_settings()
     storage = get_storage()
     tmp_dir = await run_in_threadpool(storage.tmp_dir)
+    await run_in_threadpool(_check_quota, owner)  # already full: refuse before streaming
     upload = await receive_upload(request, tmp_dir, settings.max_upload_bytes)
     try:
         return await run_in_threadpool(_store_upload, owner, upload)

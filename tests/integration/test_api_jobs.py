@@ -13,6 +13,7 @@ from sqlalchemy import select
 from shared.db.models import Job, JobEvent
 from shared.db.session import session_scope
 from shared.naming import TRAIN_TASK, TRAINING_QUEUE
+from shared.settings import get_settings
 from tests.integration.conftest import GOOD_JSONL, upload
 
 JOBS = "/v1/fine_tuning/jobs"
@@ -140,8 +141,14 @@ def test_broker_down_still_returns_the_job(
 
 
 def test_list_pages_newest_first_and_by_owner(
-    api: TestClient, alice: dict[str, str], bob: dict[str, str], training_file: str
+    api: TestClient,
+    alice: dict[str, str],
+    bob: dict[str, str],
+    training_file: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("GPT2FT_MAX_ACTIVE_JOBS_PER_OWNER", "10")  # five unfinished jobs
+    get_settings.cache_clear()
     ids = [create(api, alice, training_file=training_file).json()["id"] for _ in range(5)]
     bobs_file = str(upload(api, bob, GOOD_JSONL)["id"])
     create(api, bob, training_file=bobs_file)

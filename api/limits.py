@@ -1,0 +1,70 @@
+"""Per-owner quotas on active jobs and stored bytes: a 429 that says how to get under them."""
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from api.errors import ApiError
+from shared.db.models import TERMINAL_STATUSES, File, Job
+from shared.settings import get_settings
+
+# Jobs finish within minutes to hours; a client that backs off a minute loses little.
+JOBS_RETRY_AFTER = "60"
+# Storage frees only when the owner deletes something: check back rarely.
+BYTES_RETRY_AFTER = "3600"
+
+
+def active_jobs(session: Session, owner: str) -> int:
+    """The owner's unfinished jobs (validating_files, queued, running, paused)."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.owner == owner, Job.status.not_in([s.value for s in TERMINAL_STATUSES]))
+        )
+        or 0
+    )
+
+
+def stored_bytes(session: Session, owner: str) -> int:
+    """Bytes of the owner's live files."""
+    total = session.scalar(
+        select(func.sum(File.bytes)).where(File.owner == owner, File.deleted_at.is_(None))
+    )
+    return int(total or 0)
+
+
+def check_active_jobs(session: Session, owner: str) -> None:
+    """429 when one more job would exceed max_active_jobs_per_owner."""
+    limit = get_settings().max_active_jobs_per_owner
+    active = active_jobs(session, owner)
+    if active >= limit:
+        raise ApiError(
+            429,
+            f"you have {active} unfinished fine-tuning jobs, the most allowed per owner "
+            f"(max_active_jobs_per_owner={limit}); wait for one to finish or cancel one with "
+            "POST /v1/fine_tuning/jobs/{id}/cancel",
+            type="rate_limit_error",
+            code="too_many_active_jobs",
+            headers={"Retry-After": JOBS_RETRY_AFTER},
+        )
+
+
+def check_stored_bytes(session: Session, owner: str, incoming: int) -> None:
+    """429 when storing incoming more bytes would exceed max_stored_bytes_per_owner.
+
+    Call with incoming=1 before streaming an upload: a full quota is refused at once.
+    """
+    limit = get_settings().max_stored_bytes_per_owner
+    stored = stored_bytes(session, owner)
+    if stored + incoming > limit:
+        what = f"storing {incoming} more bytes would exceed" if incoming > 1 else "you have used"
+        raise ApiError(
+            429,
+            f"{what} your storage quota: {stored} of {limit} bytes used "
+            "(max_stored_bytes_per_owner); delete files you no longer need with "
+            "DELETE /v1/files/{id}",
+            type="rate_limit_error",
+            param="file",
+            code="storage_quota_exceeded",
+            headers={"Retry-After": BYTES_RETRY_AFTER},
+        )
