@@ -103,3 +103,29 @@ def build_job(session: Session, owner: str, body: JobCreate) -> Job:
         attempt=0,
         enqueued_at=time.time(),
     )
+
+
+def dry_run_plan(job: Job) -> dict[str, Any]:
+    """The resolved plan for an unsaved job, from a worker (the API cannot tokenize)."""
+    from api.queue import run_generation
+    from shared.naming import PLAN_TASK
+
+    request = {
+        "id": job.id,
+        "owner": job.owner,
+        "model": job.model,
+        "training_file": job.training_file,
+        "validation_file": job.validation_file,
+        "suffix": job.suffix,
+        "seed": job.seed,
+        "hyperparameters": job.hyperparameters,
+        "options": job.options,
+    }
+    answer = run_generation(request, get_settings().completion_timeout_seconds, task=PLAN_TASK)
+    error = answer.get("error")
+    if error:
+        raise ApiError(
+            400, str(error["message"]), param=error.get("param"), code=str(error["code"])
+        )
+    return {"object": "fine_tuning.job.plan", "dry_run": True, "model": job.model,
+            "seed": job.seed, **answer}  # fmt: skip

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from api.job_methods import shown_method
 from api.schemas import CheckpointMetrics, CheckpointOut, EventOut, JobErrorOut, JobOut, MethodOut
 from shared.db.models import Checkpoint, Job, JobEvent
 from shared.spec import TASK_FIELDS
@@ -63,7 +64,15 @@ def job_out(job: Job) -> JobOut:
         total_steps=job.total_steps,
         epoch=job.epoch,
         progress=progress,
+        **method_fields(job),
     )
+
+
+def method_fields(job: Job) -> dict[str, Any]:
+    """The method extensions: requested options (defaults filled) and the worker's figures."""
+    stats = job.stats or {}
+    names = ("trainable_parameters", "total_parameters", "memory_estimate", "final_metrics")
+    return {**shown_method(job.options), **{name: stats.get(name) for name in names}}
 
 
 def event_out(event: JobEvent) -> EventOut:
@@ -93,4 +102,5 @@ def checkpoint_out(checkpoint: Checkpoint) -> CheckpointOut:
         fine_tuning_job_id=checkpoint.job_id,
         metrics=CheckpointMetrics(**known),
         step_number=checkpoint.step,
+        is_best=bool(checkpoint.is_best),
     )

@@ -75,8 +75,10 @@ def _unreachable(exc: Exception) -> ApiError:
     )
 
 
-def run_generation(request: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Send a generate request to the inference queue and wait for its answer."""
+def run_generation(
+    request: dict[str, Any], timeout: float, task: str = GENERATE_TASK
+) -> dict[str, Any]:
+    """Send a request (generate, or another inference task) to the inference queue and wait."""
     no_worker = ApiError(
         503,
         f"no inference worker answered within {timeout:g}s; is `gpt2ft worker` running?",
@@ -85,7 +87,7 @@ def run_generation(request: dict[str, Any], timeout: float) -> dict[str, Any]:
     )
     try:
         result = current_app().send_task(
-            GENERATE_TASK,
+            task,
             kwargs={"request": request},
             queue=INFERENCE_QUEUE,
             expires=timeout,  # a worker that starts later must not run a request nobody awaits

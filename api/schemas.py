@@ -89,6 +89,21 @@ class JobCreate(BaseModel):
     task: Any = None
     packing: Any = None
     max_length: Any = None
+    # Hyperparameter extensions (shared.spec.Hyperparameters checks them).
+    lr_scheduler: Any = None
+    max_grad_norm: Any = None
+    gradient_accumulation_steps: Any = None
+    eval_every_steps: Any = None
+    early_stopping_patience: Any = None
+    keep: Any = None
+    checkpoint_every_steps: Any = None
+    # Method extensions (shared.spec.MethodOptions checks them).
+    training_method: Any = None
+    trainable_layers: Any = None
+    lora: Any = None
+    sample_prompts: Any = None
+    # Resolve and return the plan without creating a job.
+    dry_run: bool = False
 
 
 class JobErrorOut(BaseModel):
@@ -134,6 +149,16 @@ class JobOut(BaseModel):
     epoch: float | None = None
     progress: float | None = None
     tokens_per_second: float | None = None
+    # gpt2ft method extensions: training_method, lora, trainable_layers, sample_prompts.
+    training_method: str = "full"
+    lora: dict[str, Any] | None = None
+    trainable_layers: int | None = None
+    sample_prompts: list[str] = []
+    trainable_parameters: int | None = None
+    total_parameters: int | None = None
+    memory_estimate: dict[str, Any] | None = None
+    # The last evaluation, best validation loss, early stop and memorization figures.
+    final_metrics: dict[str, Any] | None = None
 
 
 class EventOut(BaseModel):
@@ -220,6 +245,8 @@ class CheckpointOut(BaseModel):
     fine_tuning_job_id: str
     metrics: CheckpointMetrics
     step_number: int
+    # gpt2ft extension: the checkpoint with the lowest validation loss so far.
+    is_best: bool = False
 
 
 class ModelOut(BaseModel):

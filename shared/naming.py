@@ -4,6 +4,8 @@ import re
 
 TRAIN_TASK = "gpt2ft.run_job"
 GENERATE_TASK = "gpt2ft.generate"
+# A dry run's plan: tokenization needs a worker, so it rides the inference queue.
+PLAN_TASK = "gpt2ft.plan"
 TRAINING_QUEUE = "training"
 INFERENCE_QUEUE = "inference"
 

@@ -5,6 +5,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import update
+
 from shared.db.models import Checkpoint, Job, Metric
 from shared.db.session import session_scope
 from shared.ids import new_id, now_ts
@@ -87,8 +89,13 @@ class DbReporter:
             "metrics": {"step": step, **metrics},
             "created_at": now_ts(),
             "fine_tuned_model_checkpoint": checkpoint_model_id(self.fine_tuned_id, step),
+            # The engine marks the lowest validation loss so far; older rows lose the mark.
+            "is_best": bool(metrics.get("is_best", False)),
         }
-        self._write(checkpoint=row, events=[self._message_row(f"Checkpoint saved at step {step}")])
+        best = " (best so far)" if row["is_best"] else ""
+        self._write(
+            checkpoint=row, events=[self._message_row(f"Checkpoint saved at step {step}{best}")]
+        )
 
     def on_message(self, message: str, data: dict[str, Any] | None = None) -> None:
         """Queue a message event; flushed with the next batch (now, if nothing else waits)."""
@@ -137,6 +144,13 @@ class DbReporter:
                         [{**checkpoint, "owner": owner}],
                         ["job_id", "step"],
                     )
+                    if checkpoint["is_best"]:
+                        session.execute(
+                            update(Checkpoint)
+                            .where(Checkpoint.job_id == self.lease.job_id)
+                            .where(Checkpoint.step != checkpoint["step"])
+                            .values(is_best=False)
+                        )
 
         # A DB blip waits (training pauses) rather than failing the job; once the lease
         # could have lapsed, the error escapes and the sweep decides.

@@ -1,6 +1,7 @@
 """One job, start to end: claim, validate files, plan, train, record the outcome."""
 
 import logging
+import math
 import os
 import socket
 import uuid
@@ -29,7 +30,7 @@ from shared.logging_setup import job_logging
 from shared.metrics_table import load_points, render_csv
 from shared.naming import fine_tuned_model_id
 from shared.settings import Settings, get_settings
-from shared.spec import TASK_FIELDS, Hyperparameters, TaskOptions
+from shared.spec import METHOD_FIELDS, TASK_FIELDS, Hyperparameters, MethodOptions, TaskOptions
 from shared.storage import Storage, get_storage
 from worker.heartbeat import Heartbeat
 from worker.reporting import DbReporter, merge_stats
@@ -160,10 +161,12 @@ def _read_file(
         raise JobFailure("invalid_file", f"{param} {file_id}: {exc}", param) from None
 
 
-def prepare(job: JobSnapshot, settings: Settings, storage: Storage) -> Any:
+def prepare(
+    job: JobSnapshot, settings: Settings, storage: Storage, check_memory: bool = True
+) -> Any:
     """Check the model and files and resolve the plan; JobFailure says what is wrong."""
     from worker.training.models import ModelUnavailable, ensure_available
-    from worker.training.plan import PlanError
+    from worker.training.plan import PlanError, with_method
     from worker.training.task_plan import plan_task
 
     base = find_base_model(job.model, settings.resolved_models_dir)
@@ -184,11 +187,21 @@ def prepare(job: JobSnapshot, settings: Settings, storage: Storage) -> Any:
     options = {k: v for k, v in (job.options or {}).items() if k in TASK_FIELDS}
     task_options = TaskOptions.model_validate(options)
     task = task_options.task or task_for_format(train_format)
+    method = {k: v for k, v in (job.options or {}).items() if k in METHOD_FIELDS}
     try:
         hp = Hyperparameters.model_validate(job.hyperparameters)
-        return plan_task(hp, base, task_options, task, train_records, valid_records, job.seed)
+        plan = plan_task(hp, base, task_options, task, train_records, valid_records, job.seed)
+        plan = with_method(plan, MethodOptions.model_validate(method))
     except PlanError as exc:
         raise JobFailure("invalid_hyperparameters", str(exc), exc.param) from None
+    if check_memory:
+        from worker.training.engine import pick_device
+        from worker.training.memory import memory_problem
+
+        problem = memory_problem(plan.summary["memory_estimate"], pick_device(None).type)
+        if problem:
+            raise JobFailure("insufficient_memory", problem, None)
+    return plan
 
 
 def _run_claimed(lease: Lease, heartbeat: Heartbeat, settings: Settings, storage: Storage) -> None:
@@ -203,11 +216,12 @@ def _run_claimed(lease: Lease, heartbeat: Heartbeat, settings: Settings, storage
     if lease.claimed_status == JobStatus.validating_files:
         record(
             lease,
-            f"Files validated. {plan.message()}",
+            f"Files validated. {plan.message()}. {method_message(plan.summary)}",
             status=JobStatus.queued,
             resolved=plan.spec.shown(),
             total_steps=total_steps,
         )
+        store_plan_stats(job.id, plan.summary)
     checkpoints_dir = storage.checkpoints_dir(job.id)
     remove_partial_checkpoints(checkpoints_dir)
     resume_from = latest_checkpoint(checkpoints_dir)
@@ -291,7 +305,11 @@ def _write_outcome(
                 steps_completed=result.step,
                 estimated_finish=None,
             )
-            merge_stats(session, job.id, {"result_files": [results_id]})
+            merge_stats(
+                session,
+                job.id,
+                {"result_files": [results_id], "final_metrics": finite(result.final_metrics)},
+            )
             session.add(
                 FineTunedModel(
                     id=ft_id,
@@ -341,3 +359,28 @@ def _store_results(job: JobSnapshot, storage: Storage) -> str:
             )
         )
     return file_id
+
+
+def method_message(summary: dict[str, Any]) -> str:
+    """The validation event's method line: trainable parameters and the memory estimate."""
+    memory = summary["memory_estimate"]
+    return (
+        f"Method {summary['training_method']}: {summary['trainable_parameters']:,} of "
+        f"{summary['total_parameters']:,} parameters trainable; memory estimate "
+        f"{memory['total_gib']:.2f} GiB (micro-batch {memory['micro_batch_size']} x "
+        f"{memory['sequence_length']} tokens, {memory['precision']})"
+    )
+
+
+def store_plan_stats(job_id: str, summary: dict[str, Any]) -> None:
+    """Parameter counts and the memory estimate into Job.stats, for the job object."""
+    names = ("training_method", "trainable_parameters", "total_parameters", "memory_estimate")
+    with session_scope() as session:
+        merge_stats(session, job_id, {name: summary[name] for name in names})
+
+
+def finite(values: dict[str, Any]) -> dict[str, Any]:
+    """values without NaN or infinite floats, which JSON columns refuse."""
+    return {
+        k: v for k, v in values.items() if not (isinstance(v, float) and not math.isfinite(v))
+    }

@@ -5,7 +5,7 @@ from typing import Any
 
 from celery import signals
 
-from shared.naming import GENERATE_TASK, TRAIN_TASK
+from shared.naming import GENERATE_TASK, PLAN_TASK, TRAIN_TASK
 from worker.celery_app import app
 from worker.run_job import run_job, worker_identity
 from worker.shutdown import request_shutdown
@@ -31,3 +31,11 @@ def generate_task(request: dict[str, Any]) -> dict[str, Any]:
     from worker.inference import handle_generate
 
     return handle_generate(request)
+
+
+@app.task(name=PLAN_TASK, ignore_result=False)
+def plan_task(request: dict[str, Any]) -> dict[str, Any]:
+    """Resolve a dry-run job's plan (tokenize, count, estimate memory) without training."""
+    from worker.dry_run import handle_plan
+
+    return handle_plan(request)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from api.auth import Owner
 from api.errors import not_found
 from api.events_stream import stream_events
-from api.job_requests import build_job
+from api.job_requests import build_job, dry_run_plan
 from api.job_views import checkpoint_out, event_out, job_out
 from api.pagination import cursor_row, newest_first
 from api.queue import send_training
@@ -35,10 +35,15 @@ def find_job(session: Session, owner: str, job_id: str) -> Job:
 
 
 @router.post("", response_model=JobOut, operation_id="createJob", summary="Create a job")
-def create_job(body: JobCreate, owner: Owner) -> JobOut:
-    """Store the job (validating_files), commit, then wake a training worker."""
+def create_job(body: JobCreate, owner: Owner) -> Any:
+    """Store the job (validating_files), commit, then wake a training worker.
+
+    With dry_run the job is checked and planned by a worker but never stored or queued.
+    """
     with session_scope() as session:
         job = build_job(session, owner, body)
+        if body.dry_run:
+            return dry_run_plan(job)
         session.add(job)
     send_training(job.id)
     return job_out(job)

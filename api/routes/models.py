@@ -1,11 +1,18 @@
 """Models: base models plus the caller's fine-tuned models and checkpoints."""
 
 import logging
+import os
+import re
 import shutil
+import tarfile
+import tempfile
+from pathlib import Path
 
 from fastapi import APIRouter
+from fastapi.responses import FileResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.background import BackgroundTask
 
 from api.auth import Owner
 from api.errors import ApiError, not_found
@@ -55,6 +62,50 @@ def list_models(owner: Owner) -> ListPage[ModelOut]:
         )
         data += [ModelOut(id=r.id, created=r.created_at, owned_by=r.owner) for r in rows]
     return ListPage[ModelOut](data=data)
+
+
+@router.get(
+    "/{model_id:path}/content",
+    operation_id="downloadModel",
+    summary="Download a fine-tuned model as tar.gz",
+    response_class=FileResponse,
+)
+def download_model(model_id: str, owner: Owner) -> FileResponse:
+    """The caller's fine-tuned model folder (weights, config, tokenizer, adapter) as tar.gz."""
+    with session_scope() as session:
+        model = find_fine_tuned(session, owner, model_id)
+        if model is None:
+            raise not_found("model", model_id, param="model")
+        folder = get_storage().absolute(model.path)
+    if not folder.is_dir():
+        raise ApiError(
+            410, f"model '{model_id}' has no files on disk any more", param="model", code="gone"
+        )
+    archive = pack_folder(folder, model_id)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", model_id)
+    return FileResponse(
+        archive,
+        media_type="application/gzip",
+        filename=f"{name}.tar.gz",
+        background=BackgroundTask(archive.unlink, missing_ok=True),
+    )
+
+
+def pack_folder(folder: Path, model_id: str) -> Path:
+    """A temporary tar.gz of folder, files under one top-level directory."""
+    top = re.sub(r"[^A-Za-z0-9._-]+", "-", model_id)
+    handle, name = tempfile.mkstemp(prefix="gpt2ft-model-", suffix=".tar.gz")
+    os.close(handle)
+    try:
+        # Level 1: safetensors barely compress; speed matters more than a few percent.
+        with tarfile.open(name, "w:gz", compresslevel=1) as tar:
+            for path in sorted(folder.rglob("*")):
+                if path.is_file() and not path.name.startswith("."):
+                    tar.add(path, arcname=f"{top}/{path.relative_to(folder)}")
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name)
 
 
 @router.get(

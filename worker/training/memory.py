@@ -129,3 +129,11 @@ def fit_message(estimate_: dict[str, Any], available: int, device: str) -> str:
 def as_dict(shape: ModelShape) -> dict[str, int]:
     """The shape as plain JSON."""
     return asdict(shape)
+
+
+def memory_problem(estimate_: dict[str, Any], device_type: str) -> str | None:
+    """Why the estimate cannot fit the device now, or None when it fits (or is unknown)."""
+    available = available_bytes(device_type)
+    if available is None or estimate_["total_bytes"] <= available:
+        return None
+    return fit_message(estimate_, available, device_type)

@@ -1,0 +1,41 @@
+"""A dry run: the plan a job would run, resolved in a worker without creating the job."""
+
+from typing import Any
+
+from shared.settings import get_settings
+from shared.storage import get_storage
+from worker.run_job import JobFailure, JobSnapshot, prepare
+
+
+def handle_plan(request: dict[str, Any]) -> dict[str, Any]:
+    """Token counts, steps, resolved values and the memory estimate; or {"error": ...}."""
+    from worker.training.engine import pick_device
+    from worker.training.memory import available_bytes
+
+    snapshot = JobSnapshot(
+        id=request["id"],
+        owner=request["owner"],
+        model=request["model"],
+        training_file=request["training_file"],
+        validation_file=request.get("validation_file"),
+        suffix=request.get("suffix"),
+        seed=int(request["seed"]),
+        hyperparameters=dict(request.get("hyperparameters") or {}),
+        options=dict(request.get("options") or {}),
+    )
+    try:
+        plan = prepare(snapshot, get_settings(), get_storage(), check_memory=False)
+    except JobFailure as failure:
+        return {"error": failure.error}
+    device = pick_device(None).type
+    available = available_bytes(device)
+    needed = plan.summary["memory_estimate"]["total_bytes"]
+    return {
+        "hyperparameters": plan.spec.shown(),
+        "method": plan.spec.method.model_dump(mode="json"),
+        "plan": plan.summary,
+        "message": plan.message(),
+        "device": device,
+        "available_bytes": available,
+        "fits": available is None or needed <= available,
+    }
