@@ -1,0 +1,100 @@
+"""Each task through the engine on gpt2-tiny: it learns, checkpoints load, classify() answers."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from shared.catalog import find_base_model
+from shared.spec import Hyperparameters, TaskOptions
+from worker.training.callbacks import RecordingCallbacks
+from worker.training.classify import classify, is_classifier
+from worker.training.engine import train
+from worker.training.plan import Plan
+from worker.training.task_plan import plan_task
+
+POSITIVE = ["great movie, loved it", "wonderful and fun", "loved every minute", "great fun"]
+NEGATIVE = ["awful film, hated it", "boring and bad", "hated every minute", "awful mess"]
+LABELED = [{"text": t, "label": "pos"} for t in POSITIVE] + [
+    {"text": t, "label": "neg"} for t in NEGATIVE
+]
+QA = [
+    {"prompt": f"Q: what is {a} plus {b}? A:", "completion": f" {a + b}"}
+    for a in range(1, 5)
+    for b in range(1, 5)
+]
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def make_plan(models_dir: Path, task: str, records: list, valid: list | None, **hp) -> Plan:
+    base = find_base_model("gpt2-tiny", models_dir)
+    assert base is not None
+    options = TaskOptions(packing=False, max_length=32)
+    return plan_task(Hyperparameters(**hp), base, options, task, records, valid, seed=5)
+
+
+def run(plan: Plan, out: Path) -> tuple[RecordingCallbacks, Path]:
+    callbacks = RecordingCallbacks()
+    result = train(
+        plan.spec, plan.train_examples, plan.valid_examples,  # type: ignore[arg-type]
+        out / "checkpoints", out / "model", callbacks,
+    )  # fmt: skip
+    assert result.stopped is None and result.model_dir is not None
+    return callbacks, result.model_dir
+
+
+def test_classification_learns_an_easy_two_label_set(models_dir: Path, tmp_path: Path) -> None:
+    plan = make_plan(
+        models_dir, "classification", LABELED * 3, LABELED,
+        n_epochs=6, batch_size=8, learning_rate=3e-3, warmup_ratio=0.0,
+    )  # fmt: skip
+    assert plan.spec.labels == ["neg", "pos"] and plan.spec.task == "classification"
+    assert "2 labels" in plan.message() and "0 records truncated" in plan.message()
+    callbacks, model_dir = run(plan, tmp_path)
+
+    first, last = callbacks.evals[0][1], callbacks.evals[-1][1]
+    assert {"valid_loss", "valid_accuracy", "valid_macro_f1"} <= set(last)
+    assert last["valid_loss"] < first["valid_loss"]
+    assert last["valid_accuracy"] == 1.0 and last["valid_macro_f1"] == 1.0
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    assert model.config.id2label == {0: "neg", 1: "pos"} and model.config.pad_token_id is not None
+    assert is_classifier(model_dir)
+    checkpoint = sorted((tmp_path / "checkpoints").glob("step-*"))[-1]
+    assert AutoModelForSequenceClassification.from_pretrained(checkpoint).config.num_labels == 2
+
+    answers = classify(
+        str(model_dir), ["loved it, great fun", "hated it, awful"], torch.device("cpu")
+    )
+    assert [a["label"] for a in answers] == ["pos", "neg"]
+    assert set(answers[0]["probabilities"]) == {"neg", "pos"}
+    assert sum(answers[0]["probabilities"].values()) == pytest.approx(1.0)
+
+
+def test_completion_task_learns_and_saves_a_causal_lm(models_dir: Path, tmp_path: Path) -> None:
+    plan = make_plan(
+        models_dir, "completion", QA, QA[:4], n_epochs=4, batch_size=4, learning_rate=3e-3
+    )
+    assert plan.spec.task == "completion" and plan.spec.packing is False
+    callbacks, model_dir = run(plan, tmp_path)
+    losses = [metrics["valid_loss"] for _, metrics in callbacks.evals]
+    assert losses[-1] < losses[0]
+    assert not is_classifier(model_dir)
+    assert AutoModelForCausalLM.from_pretrained(model_dir).config.n_positions > 0
+
+
+def test_per_record_causal_lm_learns(models_dir: Path, tmp_path: Path) -> None:
+    records = [{"text": r["text"]} for r in LABELED] * 2
+    plan = make_plan(models_dir, "causal_lm", records, None, n_epochs=4, batch_size=4,
+                     learning_rate=3e-3, validation_split=0.2)  # fmt: skip
+    assert plan.spec.packing is False and plan.summary["padding_fraction"] > 0
+    assert "per-record" in plan.message()
+    callbacks, _ = run(plan, tmp_path)
+    losses = [metrics["valid_loss"] for _, metrics in callbacks.evals]
+    assert losses[-1] < losses[0]
+    assert callbacks.logs[-1][1]["tokens_seen"] < 4 * plan.summary["train_examples"] * 32
