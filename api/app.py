@@ -8,7 +8,16 @@ from api.auth import require_owner
 from api.errors import install_error_handlers
 from api.observability import LatencyMiddleware
 from api.observability import router as prometheus_router
-from api.routes import completions, dashboard, files, health, jobs, metrics, models
+from api.routes import (
+    classifications,
+    completions,
+    dashboard,
+    files,
+    health,
+    jobs,
+    metrics,
+    models,
+)
 from api.schemas import ERROR_RESPONSES
 
 log = logging.getLogger(__name__)
@@ -26,7 +35,7 @@ def create_app() -> FastAPI:
     v1 = APIRouter(
         prefix="/v1", dependencies=[Depends(require_owner)], responses=ERROR_RESPONSES
     )
-    for module in (files, jobs, metrics, models, completions):
+    for module in (files, jobs, metrics, models, completions, classifications):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)

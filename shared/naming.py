@@ -6,6 +6,8 @@ TRAIN_TASK = "gpt2ft.run_job"
 GENERATE_TASK = "gpt2ft.generate"
 # A dry run's plan: tokenization needs a worker, so it rides the inference queue.
 PLAN_TASK = "gpt2ft.plan"
+# Labels from a fine-tuned classifier (/v1/classifications); also the inference queue.
+CLASSIFY_TASK = "gpt2ft.classify"
 TRAINING_QUEUE = "training"
 INFERENCE_QUEUE = "inference"
 

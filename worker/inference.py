@@ -11,6 +11,14 @@ def handle_generate(request: dict[str, Any]) -> dict[str, Any]:
     from worker.training.generate import generate
     from worker.training.models import ModelUnavailable
 
+    if _is_classifier(request["location"]):
+        return {
+            "error": {
+                "message": f"{request.get('model')} is a classifier, not a text "
+                "generator; use POST /v1/classifications",
+                "param": "model",
+            }
+        }
     try:
         return generate(
             request["location"],
@@ -29,3 +37,32 @@ def handle_generate(request: dict[str, Any]) -> dict[str, Any]:
     except (ValueError, OSError) as exc:
         log.warning("completion for %s failed: %s", request.get("model"), exc)
         return {"error": {"message": f"{request.get('model')}: {exc}", "param": None}}
+
+
+def _is_classifier(location: str) -> bool:
+    from worker.training.classify import is_classifier
+
+    try:
+        return is_classifier(location)
+    except (OSError, ValueError):
+        return False  # a missing or hub model: generate() reports it in its own words
+
+
+def handle_classify(request: dict[str, Any]) -> dict[str, Any]:
+    """Run a classification request; errors come back as {"error": {...}}, never a traceback."""
+    from worker.training.classify import classify
+    from worker.training.engine import pick_device
+
+    model = request.get("model")
+    try:
+        if not _is_classifier(request["location"]):
+            message = (
+                f'{model} is not a classifier; fine-tune one with task "classification" '
+                "(or use POST /v1/completions for text)"
+            )
+            return {"error": {"message": message, "param": "model"}}
+        data = classify(request["location"], list(request["input"]), pick_device(None))
+    except (ValueError, OSError) as exc:
+        log.warning("classification for %s failed: %s", model, exc)
+        return {"error": {"message": f"{model}: {exc}", "param": None}}
+    return {"data": data}

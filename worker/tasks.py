@@ -5,7 +5,8 @@ from typing import Any
 
 from celery import signals
 
-from shared.naming import GENERATE_TASK, PLAN_TASK, TRAIN_TASK
+from shared.logging_setup import job_logging
+from shared.naming import CLASSIFY_TASK, GENERATE_TASK, PLAN_TASK, TRAIN_TASK
 from worker.celery_app import app
 from worker.run_job import run_job, worker_identity
 from worker.shutdown import request_shutdown
@@ -22,7 +23,8 @@ def _on_shutdown(**_: Any) -> None:
 @app.task(name=TRAIN_TASK, ignore_result=True)
 def run_job_task(job_id: str) -> None:
     """Claim the job and train it; a duplicate message finds the job claimed and returns."""
-    run_job(job_id, worker_identity())
+    with job_logging(job_id):
+        run_job(job_id, worker_identity())
 
 
 @app.task(name=GENERATE_TASK, ignore_result=False)
@@ -31,6 +33,14 @@ def generate_task(request: dict[str, Any]) -> dict[str, Any]:
     from worker.inference import handle_generate
 
     return handle_generate(request)
+
+
+@app.task(name=CLASSIFY_TASK, ignore_result=False)
+def classify_task(request: dict[str, Any]) -> dict[str, Any]:
+    """Labels and probabilities for /v1/classifications; models stay cached in this process."""
+    from worker.inference import handle_classify
+
+    return handle_classify(request)
 
 
 @app.task(name=PLAN_TASK, ignore_result=False)
