@@ -1,0 +1,99 @@
+"""Classification and completion-format jobs through the SDK, then /v1/classifications."""
+
+import io
+import json
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Service
+from tests.e2e.test_sdk_flow import TERMINAL, all_events, watch
+
+pytestmark = pytest.mark.e2e
+
+POSITIVE = ["great movie, loved it", "wonderful and fun", "loved every minute", "great fun"]
+NEGATIVE = ["awful film, hated it", "boring and bad", "hated every minute", "awful mess"]
+
+
+def jsonl(records: list[dict]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in records).encode()
+
+
+def upload(client, name: str, content: bytes):
+    return client.files.create(file=(name, io.BytesIO(content)), purpose="fine-tune")
+
+
+def test_classification_job_and_classifications(client, service: Service) -> None:
+    rows = [(t, "pos") for t in POSITIVE] + [(t, "neg") for t in NEGATIVE]
+    csv = "text,label\n" + "".join(f'"{text}",{label}\n' for text, label in rows) * 3
+    training = upload(client, "reviews.csv", csv.encode())
+    assert training.format == "csv" and training.records == 24
+    job = client.fine_tuning.jobs.create(
+        model="gpt2-tiny",
+        training_file=training.id,
+        hyperparameters={"n_epochs": 6, "batch_size": 8},
+        seed=3,
+        extra_body={"learning_rate": 3e-3, "max_length": 32, "warmup_ratio": 0.0},
+    )
+    assert job.hyperparameters.model_extra["task"] == "classification"  # inferred from the file
+    assert watch(client, job.id, TERMINAL)[-1] == "succeeded", client.fine_tuning.jobs.retrieve(
+        job.id
+    ).error
+    job = client.fine_tuning.jobs.retrieve(job.id)
+    shown = job.hyperparameters.model_extra
+    assert shown["task"] == "classification" and shown["labels"] == ["neg", "pos"]
+    assert shown["max_length"] == 32 and shown["packing"] is False
+    events = all_events(client, job.id)
+    assert any("records truncated" in e.message for e in events)
+    evals = [e.data for e in events if e.type == "metrics" and "valid_accuracy" in (e.data or {})]
+    assert evals and {"valid_macro_f1", "valid_loss"} <= set(evals[-1])
+
+    headers = {"Authorization": f"Bearer {service.api_key}"}
+    body = {"model": job.fine_tuned_model, "input": ["loved it, great fun", "hated it, awful"]}
+    answer = httpx.post(
+        f"{service.url}/v1/classifications", json=body, headers=headers, timeout=120
+    )
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert result["object"] == "list" and result["model"] == job.fine_tuned_model
+    assert [d["index"] for d in result["data"]] == [0, 1]
+    assert all(d["label"] in {"neg", "pos"} for d in result["data"])
+    assert sum(result["data"][0]["probabilities"].values()) == pytest.approx(1.0)
+
+    completion = httpx.post(
+        f"{service.url}/v1/completions",
+        json={"model": job.fine_tuned_model, "prompt": "hi", "max_tokens": 2},
+        headers=headers,
+        timeout=120,
+    )
+    assert completion.status_code == 400 and "/v1/classifications" in completion.text
+
+
+def test_completion_format_job(client, service: Service) -> None:
+    records = [
+        {"prompt": f"Q: {a} plus {b}? A:", "completion": f" {a + b}"}
+        for a in range(1, 5)
+        for b in range(1, 5)
+    ]
+    training = upload(client, "qa.jsonl", jsonl(records))
+    assert training.format == "jsonl" and training.records == 16
+    job = client.fine_tuning.jobs.create(
+        model="gpt2-tiny",
+        training_file=training.id,
+        hyperparameters={"n_epochs": 2, "batch_size": 4},
+        extra_body={"task": "completion", "max_length": 32},
+    )
+    assert watch(client, job.id, TERMINAL)[-1] == "succeeded"
+    job = client.fine_tuning.jobs.retrieve(job.id)
+    assert job.hyperparameters.model_extra["task"] == "completion"
+    text = client.completions.create(
+        model=job.fine_tuned_model, prompt="Q: 1 plus 1? A:", max_tokens=3
+    )
+    assert text.choices[0].text is not None
+
+    wrong = httpx.post(
+        f"{service.url}/v1/fine_tuning/jobs",
+        json={"model": "gpt2-tiny", "training_file": training.id, "task": "classification"},
+        headers={"Authorization": f"Bearer {service.api_key}"},
+    )
+    assert wrong.status_code == 400 and '"text", "label"' in wrong.json()["error"]["message"]
