@@ -184,15 +184,16 @@ def _csv_records(path: Path, max_chars: int) -> Iterator[tuple[str, Record]]:
     for name in KINDS["classification"]:
         if name not in names:
             raise DatasetError(f'the header lacks a "{name}" column', line=1, field=name)
+    # A quoted cell may span lines: errors name the line where the record starts.
+    start = reader.line_num + 1
     for row in reader:
+        number, start = start, reader.line_num + 1
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(names):
-            raise DatasetError(
-                f"has {len(row)} columns, the header has {len(names)}", line=reader.line_num
-            )
+            raise DatasetError(f"has {len(row)} columns, the header has {len(names)}", line=number)
         record = dict(zip(names, row, strict=True))
-        yield "classification", check_record(reader.line_num, record, "classification", max_chars)
+        yield "classification", check_record(number, record, "classification", max_chars)
 
 
 def _txt_records(path: Path, max_chars: int) -> Iterator[tuple[str, Record]]:
