@@ -4,7 +4,7 @@ from typing import Any
 
 from shared.settings import get_settings
 from shared.storage import get_storage
-from worker.run_job import JobFailure, JobSnapshot, prepare
+from worker.run_job import JobFailure, JobSnapshot, method_message, prepare
 
 
 def handle_plan(request: dict[str, Any]) -> dict[str, Any]:
@@ -30,11 +30,13 @@ def handle_plan(request: dict[str, Any]) -> dict[str, Any]:
     device = pick_device(None).type
     available = available_bytes(device)
     needed = plan.summary["memory_estimate"]["total_bytes"]
+    method = plan.spec.method
+    lora = method.resolved_lora()
     return {
         "hyperparameters": plan.spec.shown(),
-        "method": plan.spec.method.model_dump(mode="json"),
+        "method": {**method.model_dump(mode="json"), "lora": lora and lora.model_dump()},
         "plan": plan.summary,
-        "message": plan.message(),
+        "message": f"{plan.message()}. {method_message(plan.summary)}",
         "device": device,
         "available_bytes": available,
         "fits": available is None or needed <= available,

@@ -4,7 +4,7 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -43,7 +43,8 @@ def create_job(body: JobCreate, owner: Owner) -> Any:
     with session_scope() as session:
         job = build_job(session, owner, body)
         if body.dry_run:
-            return dry_run_plan(job)
+            # Not a job object: the plan bypasses JobOut's response model.
+            return JSONResponse(dry_run_plan(job))
         session.add(job)
     send_training(job.id)
     return job_out(job)

@@ -1,0 +1,110 @@
+"""A LoRA job through the openai SDK, a dry run, then the model downloaded and loaded."""
+
+import io
+import tarfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Service
+from tests.e2e.corpus import corpus_text
+
+pytestmark = pytest.mark.e2e
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def wait_done(client, job_id: str, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in TERMINAL:
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} not finished after {timeout}s")
+
+
+def test_dry_run_returns_the_plan_and_creates_no_job(client, service: Service) -> None:
+    training = client.files.create(
+        file=("corpus.txt", io.BytesIO(corpus_text(10).encode())), purpose="fine-tune"
+    )
+    response = httpx.post(
+        f"{service.url}/v1/fine_tuning/jobs",
+        headers={"Authorization": f"Bearer {service.api_key}"},
+        json={
+            "model": "gpt2-tiny",
+            "training_file": training.id,
+            "dry_run": True,
+            "block_size": 32,
+            "training_method": "lora",
+        },  # fmt: skip
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    plan = response.json()
+    assert plan["object"] == "fine_tuning.job.plan" and plan["dry_run"] is True
+    assert plan["plan"]["block_size"] == 32 and plan["plan"]["train_tokens"] > 0
+    assert plan["plan"]["training_method"] == "lora"
+    assert plan["plan"]["memory_estimate"]["total_bytes"] > 0
+    assert plan["hyperparameters"]["n_epochs"] >= 1
+    assert list(client.fine_tuning.jobs.list()) == []
+
+
+def test_lora_job_then_download_and_load(client, service: Service, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    training = client.files.create(
+        file=("corpus.txt", io.BytesIO(corpus_text(10).encode())), purpose="fine-tune"
+    )
+    job = client.fine_tuning.jobs.create(
+        model="gpt2-tiny",
+        training_file=training.id,
+        hyperparameters={"n_epochs": 2, "batch_size": 4},
+        seed=3,
+        extra_body={
+            "block_size": 32,
+            "training_method": "lora",
+            "lora": {"r": 4, "alpha": 8, "target_modules": ["c_attn", "c_proj"]},
+            "sample_prompts": ["Why did the"],
+            "lr_scheduler": "cosine",
+        },
+    )
+    job = wait_done(client, job.id)
+    assert job.status == "succeeded", job.error
+    extra = job.model_extra or {}
+    assert extra["training_method"] == "lora"
+    assert 0 < extra["trainable_parameters"] < extra["total_parameters"]
+    assert extra["final_metrics"]["kept"] == "best"
+    assert 0.0 <= extra["final_metrics"]["memorization_fraction"] <= 1.0
+    assert job.hyperparameters.model_extra["lr_scheduler"] == "cosine"
+
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=1000))
+    samples = [e.data for e in events if e.type == "message" and e.data and "prompt" in e.data]
+    assert len(samples) == 2 and samples[0]["prompt"] == "Why did the"
+    assert any("memory estimate" in e.message for e in events)
+    checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job.id))
+    best = [c for c in checkpoints if (c.model_extra or {}).get("is_best")]
+    assert len(best) == 1
+
+    completion = client.completions.create(model=job.fine_tuned_model, prompt="Why", max_tokens=5)
+    assert completion.choices[0].text is not None
+
+    response = httpx.get(
+        f"{service.url}/v1/models/{job.fine_tuned_model}/content",
+        headers={"Authorization": f"Bearer {service.api_key}"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    (folder,) = list(tmp_path.iterdir())
+    assert (folder / "adapter" / "adapter_model.safetensors").is_file()
+    assert (folder / "adapter" / "adapter_config.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert model.config.n_layer >= 1
+    missing = httpx.get(
+        f"{service.url}/v1/models/ft:nope/content",
+        headers={"Authorization": f"Bearer {service.api_key}"},
+    )
+    assert missing.status_code == 404
