@@ -5,7 +5,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from api.errors import not_found
+from api.errors import ApiError
 
 router = APIRouter(include_in_schema=False)
 
@@ -30,5 +30,7 @@ def read_dashboard() -> FileResponse:
 def read_static(name: str) -> FileResponse:
     """One of the dashboard's files (HTML, JS, CSS)."""
     if name not in CONTENT_TYPES:
-        raise not_found("static file", name)
+        raise ApiError(
+            404, f"No such dashboard file: {name}; open / for the dashboard", code="not_found"
+        )
     return FileResponse(STATIC_DIR / name, media_type=CONTENT_TYPES[name], headers=HEADERS)

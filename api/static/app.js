@@ -439,8 +439,13 @@ function fillSelect(select, options, chosen) {
   if (chosen !== undefined && options.some(([value]) => value === chosen)) select.value = chosen;
 }
 
+let filesRequest = 0;
+
 async function loadFiles(chosen) {
+  // Entering the page and finishing an upload both reload the list: the later request wins.
+  const request = ++filesRequest;
   const files = await api("/v1/files");
+  if (request !== filesRequest) return;
   const options = files.data.map((f) => [f.id, `${f.filename} (${f.id}, ${f.bytes} bytes)`]);
   fillSelect($("job-training-file"), options, chosen);
   fillSelect($("job-validation-file"), options);

@@ -82,12 +82,18 @@ def watch_job(page, timeout: float = 75) -> tuple[str, list[int]]:
 
 
 def test_dashboard_trains_and_generates(page, service: Service) -> None:
+    from playwright.sync_api import expect  # importable: the page fixture checked
+
     page.goto(f"{service.url}/")
     page.wait_for_selector("#error:not([hidden])")
     assert "Enter your API key" in page.inner_text("#error-text")
+    page.fill("#api-key", "sk-not-a-key")
+    page.click("#save-key")
+    page.wait_for_selector("#error-text:has-text('Incorrect API key')")
     page.fill("#api-key", service.api_key)
     page.click("#save-key")
     page.wait_for_selector("#error", state="hidden")
+    page.wait_for_selector("#jobs-empty:not([hidden])")
 
     page.goto(f"{service.url}/#/new")
     page.wait_for_selector("#job-model option[value='gpt2-tiny']", state="attached")
@@ -103,11 +109,11 @@ def test_dashboard_trains_and_generates(page, service: Service) -> None:
     )
     page.click("#upload-button")
     page.wait_for_selector("#upload-result:has-text('Uploaded jokes.txt')")
-    assert page.input_value("#job-training-file").startswith("file-")
+    expect(page.locator("#job-training-file")).to_have_value(re.compile(r"^file-"))
 
     page.select_option("#job-model", "gpt2-tiny")
     page.fill("#job-epochs", "2")
-    page.fill("#job-batch", "4")
+    page.fill("#job-batch", "8")
     page.fill("#job-block", "32")
     page.fill("#job-lrm", "1000")
     page.click("#create-job")  # above the API's maximum of 100: its error message shows
@@ -136,6 +142,7 @@ def test_dashboard_trains_and_generates(page, service: Service) -> None:
     page.click("#job-playground")
     page.wait_for_selector(f"#play-model option[value='{fine_tuned}']", state="attached")
     assert page.input_value("#play-model") == fine_tuned
+    page.fill("#play-max-tokens", "16")
     page.click("#play-generate")
     page.wait_for_selector("#play-output[data-done=true]", timeout=60_000)
     generated = page.inner_text("#play-output").removeprefix("Why did the")
