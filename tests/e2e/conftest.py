@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -47,12 +47,14 @@ class Service:
     home: Path
     logs: Path
     processes: dict[str, subprocess.Popen]
+    redis_command: list[str] = field(default_factory=list)
 
-    def start_worker(self, name: str = "worker") -> subprocess.Popen:
+    def start_worker(self, name: str = "worker", **env: str) -> subprocess.Popen:
+        """`gpt2ft worker` in its own session; env overrides this worker's settings."""
         log = (self.logs / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             [GPT2FT, "worker"],
-            env=self.env,
+            env={**self.env, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -69,6 +71,19 @@ class Service:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+    def start_redis(self) -> None:
+        """(Re)start the private redis-server on its port, e.g. after stop("redis")."""
+        port = int(self.env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
+        self.processes["redis"] = subprocess.Popen(
+            self.redis_command,
+            stdout=(self.logs / "redis.log").open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        import redis
+
+        wait_until(lambda: redis.Redis(port=port).ping(), 30, "redis-server")
 
 
 @pytest.fixture(scope="module")
@@ -100,18 +115,19 @@ def service(
     }
     env.pop("DATABASE_URL", None)
     processes: dict[str, subprocess.Popen] = {}
+    redis_command = [
+        redis_server,
+        "--port",
+        str(redis_port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
     processes["redis"] = subprocess.Popen(
-        [
-            redis_server,
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
+        redis_command,
         stdout=(logs / "redis.log").open("ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -124,7 +140,7 @@ def service(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    svc = Service(f"http://127.0.0.1:{api_port}", key, env, home, logs, processes)
+    svc = Service(f"http://127.0.0.1:{api_port}", key, env, home, logs, processes, redis_command)
     svc.start_worker()
     wait_until(lambda: httpx.get(f"{svc.url}/readyz").status_code == 200, 60, "the API")
     yield svc
