@@ -34,16 +34,18 @@ def job_families() -> list[Metric]:
     """Jobs by status, the duration of finished jobs, and tokens/s of running jobs."""
     by_status = GaugeMetricFamily("gpt2ft_jobs", "Jobs by status", labels=["status"])
     durations = SummaryMetricFamily(
-        "gpt2ft_job_duration_seconds", "Start to finish of succeeded jobs"
+        "gpt2ft_job_duration_seconds", "First start to finish of succeeded jobs"
     )
     speed = GaugeMetricFamily(
         "gpt2ft_job_tokens_per_second", "Training throughput of running jobs", labels=["job_id"]
     )
+    # Jobs from before started_at was recorded count from their creation.
+    started = func.coalesce(Job.started_at, Job.created_at)
     with session_scope() as session:
         counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
         finished = session.execute(
-            select(func.count(), func.sum(Job.finished_at - Job.started_at)).where(
-                Job.status == JobStatus.succeeded.value, Job.started_at.is_not(None)
+            select(func.count(), func.sum(Job.finished_at - started)).where(
+                Job.status == JobStatus.succeeded.value, Job.finished_at.is_not(None)
             )
         ).one()
         running = session.execute(

@@ -1,11 +1,13 @@
-"""The gpt2ft command line: api, worker, migrate, setup, keys and the dev supervisor `run`."""
+"""The gpt2ft command line: services (api, worker, run), admin (migrate, setup, keys), client."""
 
 from typing import Annotated
 
 import typer
 
 from cli.bootstrap import migrate_database, run_setup
+from cli.client import files_app, generate, jobs_app, models_app
 from cli.keys import keys_app
+from cli.watch import watch_job
 from shared.logging_setup import configure_logging
 from shared.settings import get_settings
 
@@ -16,6 +18,11 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals can hold API keys and database passwords
 )
 app.add_typer(keys_app, name="keys")
+app.add_typer(files_app, name="files")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(models_app, name="models")
+app.command("generate")(generate)
+jobs_app.command("watch")(watch_job)
 
 DEFAULT_PORT = 8000
 

@@ -4,6 +4,7 @@ import logging
 import math
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
@@ -236,6 +237,8 @@ def _run_claimed(lease: Lease, heartbeat: Heartbeat, settings: Settings, storage
         status=JobStatus.running,
         resolved=plan.spec.shown(),
         total_steps=total_steps,
+        # A resumed job keeps its first start: job duration counts from there.
+        **({} if resume_from else {"started_at": time.time()}),
     )
     ft_id = fine_tuned_model_id(job.model, job.owner, job.suffix, job.id)
     reporter = DbReporter(

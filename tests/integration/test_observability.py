@@ -57,6 +57,15 @@ def test_prometheus_reports_jobs_queues_and_route_latency(
     assert any(templated in name for name in found)
     assert not any(ids[1] in name and "http_request" in name for name in found)
 
+    with session_scope() as session:
+        job = session.get(Job, ids[1])
+        assert job is not None
+        job.status, job.started_at, job.finished_at = "succeeded", 1_000.0, 1_030
+    found = samples(api.get("/metrics").text)
+    assert found["gpt2ft_job_duration_seconds_count"] == 1
+    assert found["gpt2ft_job_duration_seconds_sum"] == 30
+    assert found['gpt2ft_jobs{status="succeeded"}'] == 1
+
 
 @pytest.fixture
 def json_logs() -> Iterator[io.StringIO]:

@@ -1,0 +1,197 @@
+"""`gpt2ft files|jobs|models|generate`: the HTTP API from a terminal (httpx, typer)."""
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from shared.settings import get_settings
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+files_app = typer.Typer(help="Upload, list and delete files.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Create, follow and control fine-tuning jobs.", no_args_is_help=True)
+models_app = typer.Typer(help="List models; download a job's results.", no_args_is_help=True)
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def api_key() -> str:
+    """GPT2FT_API_KEY, else the dev key `gpt2ft run` saved under the home folder."""
+    key = os.environ.get("GPT2FT_API_KEY")
+    if key:
+        return key
+    saved = get_settings().home / "dev-api-key"
+    if saved.is_file():
+        return saved.read_text().strip()
+    typer.echo(f"no API key: set GPT2FT_API_KEY (or run `gpt2ft run` to create {saved})", err=True)
+    raise typer.Exit(2)
+
+
+def client(timeout: float | None = 60.0) -> httpx.Client:
+    """An httpx client on GPT2FT_API_URL with the bearer key."""
+    base = os.environ.get("GPT2FT_API_URL", DEFAULT_API_URL).rstrip("/")
+    headers = {"Authorization": f"Bearer {api_key()}"}
+    return httpx.Client(base_url=base, headers=headers, timeout=timeout)
+
+
+def call(method: str, path: str, timeout: float = 60.0, **kwargs: Any) -> Any:
+    """The JSON body of a request; an error envelope is printed and exits 1."""
+    with client(timeout) as http:
+        try:
+            response = http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            typer.echo(f"cannot reach {http.base_url}: {exc}", err=True)
+            raise typer.Exit(1) from None
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text
+        typer.echo(f"error {response.status_code}: {message}", err=True)
+        raise typer.Exit(1)
+    return response.json()
+
+
+def show(data: Any) -> None:
+    """Pretty JSON on stdout."""
+    typer.echo(json.dumps(data, indent=2))
+
+
+@files_app.command("upload")
+def upload_file(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL, CSV or TXT.")],
+    purpose: str = "fine-tune",
+) -> None:
+    """Upload a training or validation file; prints its id."""
+    with path.open("rb") as handle:
+        body = call(
+            "POST", "/v1/files", files={"file": (path.name, handle)}, data={"purpose": purpose}
+        )
+    typer.echo(body["id"])
+
+
+@files_app.command("list")
+def list_files() -> None:
+    """id, purpose, bytes, records and filename of each file."""
+    for row in call("GET", "/v1/files")["data"]:
+        typer.echo(
+            f"{row['id']}\t{row['purpose']}\t{row['bytes']}\t{row['records']}\t{row['filename']}"
+        )
+
+
+@files_app.command("rm")
+def remove_file(file_id: str) -> None:
+    """Delete a file (refused while an unfinished job uses it)."""
+    call("DELETE", f"/v1/files/{file_id}")
+    typer.echo(f"deleted {file_id}")
+
+
+def parse_hyperparameters(pairs: list[str]) -> dict[str, Any]:
+    """name=value pairs; values are JSON when they parse (numbers, "auto" stays a string)."""
+    found: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{pair!r}: use name=value, e.g. n_epochs=3")
+        try:
+            found[name] = json.loads(raw)
+        except ValueError:
+            found[name] = raw
+    return found
+
+
+@jobs_app.command("create")
+def create_job(
+    model: Annotated[str, typer.Option(help="Base model, e.g. gpt2 or gpt2-tiny.")],
+    training_file: Annotated[str, typer.Option(help="A file id from `gpt2ft files upload`.")],
+    validation_file: str | None = None,
+    suffix: str | None = None,
+    seed: int | None = None,
+    hp: Annotated[
+        list[str] | None, typer.Option(help="Hyperparameter name=value (repeat).")
+    ] = None,
+) -> None:
+    """Create a fine-tuning job; prints its id."""
+    body: dict[str, Any] = {"model": model, "training_file": training_file}
+    optional = {"validation_file": validation_file, "suffix": suffix, "seed": seed}
+    body.update({k: v for k, v in optional.items() if v is not None})
+    if hp:
+        body["hyperparameters"] = parse_hyperparameters(hp)
+    typer.echo(call("POST", "/v1/fine_tuning/jobs", json=body)["id"])
+
+
+@jobs_app.command("list")
+def list_jobs(limit: int = 20) -> None:
+    """id, status, model and fine-tuned model of recent jobs."""
+    for job in call("GET", "/v1/fine_tuning/jobs", params={"limit": limit})["data"]:
+        typer.echo(f"{job['id']}\t{job['status']}\t{job['model']}\t{job['fine_tuned_model'] or ''}")
+
+
+@jobs_app.command("show")
+def show_job(job_id: str) -> None:
+    """The job object as JSON."""
+    show(call("GET", f"/v1/fine_tuning/jobs/{job_id}"))
+
+
+@jobs_app.command("cancel")
+def cancel_job(job_id: str) -> None:
+    """Cancel a job."""
+    typer.echo(call("POST", f"/v1/fine_tuning/jobs/{job_id}/cancel")["status"])
+
+
+@jobs_app.command("pause")
+def pause_job(job_id: str) -> None:
+    """Pause a job (a running one checkpoints first)."""
+    typer.echo(call("POST", f"/v1/fine_tuning/jobs/{job_id}/pause")["status"])
+
+
+@jobs_app.command("resume")
+def resume_job(job_id: str) -> None:
+    """Resume a paused job from its last checkpoint."""
+    typer.echo(call("POST", f"/v1/fine_tuning/jobs/{job_id}/resume")["status"])
+
+
+@models_app.command("list")
+def list_models() -> None:
+    """Model ids and owners."""
+    for model in call("GET", "/v1/models")["data"]:
+        typer.echo(f"{model['id']}\t{model['owned_by']}")
+
+
+@models_app.command("download")
+def download_results(
+    model: Annotated[str, typer.Argument(help="A fine-tuned model id (ft:...) or its job id.")],
+    out: Annotated[Path, typer.Option(help="Folder to write into.")] = Path("."),
+) -> None:
+    """Save a fine-tuned model's job: job.json, its results CSV files and loss.svg."""
+    job_id = model.rsplit(":", 1)[-1] if model.startswith("ft:") else model
+    job = call("GET", f"/v1/fine_tuning/jobs/{job_id}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{job_id}.json").write_text(json.dumps(job, indent=2))
+    with client() as http:
+        for file_id in job.get("result_files") or []:
+            data = http.get(f"/v1/files/{file_id}/content")
+            data.raise_for_status()
+            (out / f"{job_id}_results.csv").write_bytes(data.content)
+        chart = http.get(f"/v1/fine_tuning/jobs/{job_id}/loss.svg")
+        chart.raise_for_status()
+        (out / f"{job_id}_loss.svg").write_text(chart.text)
+    typer.echo(f"saved {job_id} results to {out}")
+
+
+def generate(
+    model: Annotated[str, typer.Option(help="Base or fine-tuned model id.")],
+    prompt: Annotated[str, typer.Argument(help="Text to continue.")] = "",
+    max_tokens: int = 32,
+    temperature: float = 1.0,
+    seed: int | None = None,
+) -> None:
+    """Continue PROMPT with a model (POST /v1/completions)."""
+    body: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": max_tokens}
+    body["temperature"] = temperature
+    if seed is not None:
+        body["seed"] = seed
+    result = call("POST", "/v1/completions", json=body, timeout=300)
+    typer.echo(result["choices"][0]["text"])
