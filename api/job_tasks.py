@@ -34,6 +34,13 @@ def task_options(session: Session, body: JobCreate) -> dict[str, Any]:
             check_task(task, stored)
         except DatasetError as exc:
             raise ApiError(400, f"{param}: {exc}", param=param, code="invalid_file") from None
+    if task == "classification" and getattr(body, "training_method", None) == "lora":
+        raise ApiError(
+            400,
+            'task "classification" trains with training_method "full" or "transfer"; '
+            "LoRA adapters here are for text generation",
+            param="training_method",
+        )
     valid_format = _format(session, body.validation_file)
     kinds = {record_kind(train_format), record_kind(valid_format or train_format)}
     if task != "causal_lm" and len(kinds) > 1:

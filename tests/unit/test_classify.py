@@ -7,9 +7,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from shared.catalog import find_base_model
-from shared.spec import Hyperparameters, TaskOptions
+from shared.spec import Hyperparameters, MethodOptions, TaskOptions
 from worker.training.callbacks import RecordingCallbacks
-from worker.training.classify import classify, is_classifier
+from worker.training.classify import classify, is_classifier, load_for_task
 from worker.training.engine import train
 from worker.training.plan import Plan
 from worker.training.task_plan import plan_task
@@ -98,3 +98,18 @@ def test_per_record_causal_lm_learns(models_dir: Path, tmp_path: Path) -> None:
     losses = [metrics["valid_loss"] for _, metrics in callbacks.evals]
     assert losses[-1] < losses[0]
     assert callbacks.logs[-1][1]["tokens_seen"] < 4 * plan.summary["train_examples"] * 32
+
+
+def test_transfer_classifier_trains_top_block_and_head_only(models_dir: Path) -> None:
+    plan = make_plan(models_dir, "classification", LABELED, None, n_epochs=1)
+    plan.spec.method = MethodOptions(training_method="transfer", trainable_layers=1)
+    model = load_for_task(plan.spec, torch.device("cpu"), None)
+    assert (
+        model.score.weight.requires_grad
+        and model.transformer.h[-1].attn.c_attn.weight.requires_grad
+    )
+    assert not model.transformer.wte.weight.requires_grad
+    assert not model.transformer.h[0].attn.c_attn.weight.requires_grad
+    plan.spec.method = MethodOptions(training_method="lora")
+    with pytest.raises(ValueError, match="not lora"):
+        load_for_task(plan.spec, torch.device("cpu"), None)

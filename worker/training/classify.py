@@ -139,9 +139,27 @@ def load_for_task(spec: Any, device: torch.device, resume_from: Path | None) -> 
         from worker.training.methods import load_for_training
 
         return load_for_training(spec, device, resume_from)
+    method = spec.method.training_method
+    if method == "lora":
+        raise ValueError("classification trains with training_method full or transfer, not lora")
     if resume_from is not None:
-        return load_classifier(str(resume_from), device, None)
-    return load_classifier(spec.model_location, device, spec.labels)
+        model = load_classifier(str(resume_from), device, None)
+    else:
+        model = load_classifier(spec.model_location, device, spec.labels)
+    if method == "transfer":
+        freeze_below_head(model, spec.method.trainable_layers)
+    return model
+
+
+def freeze_below_head(model: Any, trainable_layers: int) -> None:
+    """Transfer learning for a classifier: the top blocks, ln_f and the score head train."""
+    for param in model.parameters():
+        param.requires_grad = False
+    blocks = model.transformer.h
+    trainable = [*blocks[len(blocks) - min(trainable_layers, len(blocks)) :]]
+    for module in (*trainable, model.transformer.ln_f, model.score):
+        for param in module.parameters():
+            param.requires_grad = True
 
 
 def prediction_counts(logits: torch.Tensor, labels: torch.Tensor) -> tuple[Any, Any]:
