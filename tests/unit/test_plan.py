@@ -39,6 +39,8 @@ def test_auto_values_on_a_large_corpus(models_dir: Path) -> None:
     assert plan.summary["total_steps"] == plan.summary["steps_per_epoch"] * spec.n_epochs
     assert plan.summary["corpus_tokens"] == 4040
     assert "training blocks" in plan.message()
+    assert "packed: 0 records truncated, 0% of token slots are padding" in plan.message()
+    assert plan.summary["dropped_tokens"] == 4040 % 256
 
 
 def test_small_corpus_shrinks_the_block_to_give_two_blocks(models_dir: Path) -> None:

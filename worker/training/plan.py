@@ -66,7 +66,9 @@ class Plan:
             f"of {s['steps_per_epoch']} steps "
             f"(batch {s['batch_size']}, block {s['block_size']} tokens): "
             f"{s['train_blocks']} training blocks ({s['train_tokens']} tokens), "
-            f"{s['valid_blocks']} validation blocks"
+            f"{s['valid_blocks']} validation blocks; packed: {s.get('truncated', 0)} records "
+            f"truncated, 0% of token slots are padding, "
+            f"{s.get('dropped_tokens', 0)} tokens of the last partial block dropped"
         )
 
 
@@ -160,6 +162,10 @@ def plan_training(
         "total_steps": steps_per_epoch * n_epochs,
         "trained_tokens": train_tokens * n_epochs,
         "gradient_accumulation_steps": spec.gradient_accumulation_steps,
+        # Packing pads nothing and cuts no record short; only the last partial block goes.
+        "truncated": 0,
+        "padding_fraction": 0.0,
+        "dropped_tokens": len(train_ids) % block_size,
     }
     return Plan(spec, train_blocks, valid_blocks, train_tokens, summary)
 
