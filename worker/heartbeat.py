@@ -1,5 +1,6 @@
 """Lease renewal in a background thread; it flags loss, cancel and pause for the loop."""
 
+import contextvars
 import logging
 import threading
 import time
@@ -23,7 +24,11 @@ class Heartbeat:
         self._expires_at = time.time() + lease_seconds
         self._failing = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        # Run in a copy of the caller's context so its log lines keep the job_id tag.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._run,), name="heartbeat", daemon=True
+        )
 
     def __enter__(self) -> "Heartbeat":
         self._thread.start()
@@ -35,6 +40,7 @@ class Heartbeat:
 
     def beat(self) -> None:
         """Renew once now; DB errors are retried until the lease would have expired."""
+        asked_at = time.time()  # the DB computes the new expiry from (about) now
         try:
             with session_scope() as session:
                 flags = renew_lease(session, self.lease, self.lease_seconds)
@@ -49,8 +55,16 @@ class Heartbeat:
                 self.lost.set()
             return
         self._failing = False
-        self._expires_at = time.time() + self.lease_seconds
+        self._expires_at = asked_at + self.lease_seconds
         self.cancel_requested, self.pause_requested = flags
+
+    def expired(self) -> bool:
+        """True once the last renewal is older than the lease: another worker may own it now.
+
+        A process frozen (SIGSTOP, swap, a VM pause) past its lease learns it here, on its
+        first step after waking, before the heartbeat thread even runs.
+        """
+        return time.time() >= self._expires_at
 
     def _run(self) -> None:
         # After a failed renewal, retry sooner: the lease is running out.
