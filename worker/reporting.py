@@ -71,8 +71,9 @@ class DbReporter:
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
         """Merge validation results into the step's row and flush."""
-        merged = dict(self._last_log[1]) if self._last_log and self._last_log[0] == step else {}
-        merged.update(metrics)
+        logged = self._last_log[1] if self._last_log and self._last_log[0] == step else {}
+        # The step's own logged loss wins over the epoch mean the evaluation carries.
+        merged = {**metrics, **logged}
         self._buffer_metrics(step, merged)
         self.flush()
 
@@ -104,7 +105,8 @@ class DbReporter:
 
     def should_stop(self) -> str | None:
         """lease_lost, cancel, pause (also for SIGTERM, remembered as stop_cause) or None."""
-        if self.heartbeat.lost.is_set():
+        if self.heartbeat.lost.is_set() or self.heartbeat.expired():
+            self.heartbeat.lost.set()
             return "lease_lost"
         if shutdown_requested():
             self.stop_cause = "shutdown"

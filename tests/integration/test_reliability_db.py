@@ -6,7 +6,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -124,7 +123,9 @@ def snapshot(lease: Lease) -> JobSnapshot:
 def outcome(lease: Lease, job: JobSnapshot, lease_seconds: float) -> None:
     heartbeat = Heartbeat(lease, lease_seconds=lease_seconds, interval=60)
     reporter = DbReporter(lease, heartbeat, get_storage(), "ft:gpt2-tiny:alice::x", 10, 60)
-    result = SimpleNamespace(stopped=None, step=10, trained_tokens=1000)
+    from worker.training.engine import TrainResult
+
+    result = TrainResult(None, 10, 1000, {"train_loss": 1.0}, None)
     _record_outcome(lease, job, result, reporter, f"ft:m:{lease.job_id}", get_storage())
 
 
@@ -157,3 +158,12 @@ def test_success_is_never_claimed_when_it_cannot_be_recorded(impatient_db: str) 
             session.execute(select(Job.fine_tuned_model).where(Job.id == lease.job_id)).one()[0]
             is None
         )
+
+
+def test_a_worker_frozen_past_its_lease_stops_on_waking(gpt2ft_home: Path) -> None:
+    lease = running_job()
+    heartbeat = Heartbeat(lease, lease_seconds=0.5, interval=60)  # thread never started: frozen
+    reporter = DbReporter(lease, heartbeat, get_storage(), "ft:x", 10, flush_seconds=60)
+    assert reporter.should_stop() is None
+    time.sleep(0.7)
+    assert reporter.should_stop() == "lease_lost" and heartbeat.lost.is_set()
