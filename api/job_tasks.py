@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import ApiError, validation_error
 from api.schemas import JobCreate
-from shared.datasets import DatasetError, check_task, record_kind, task_for_format
+from shared.datasets import DatasetError, check_task, task_for_format
 from shared.db.models import File
 from shared.spec import TASK_FIELDS, TaskOptions
 
@@ -40,15 +40,5 @@ def task_options(session: Session, body: JobCreate) -> dict[str, Any]:
             'task "classification" trains with training_method "full" or "transfer"; '
             "LoRA adapters here are for text generation",
             param="training_method",
-        )
-    valid_format = _format(session, body.validation_file)
-    kinds = {record_kind(train_format), record_kind(valid_format or train_format)}
-    if task != "causal_lm" and len(kinds) > 1:
-        raise ApiError(
-            400,
-            f"validation_file holds {record_kind(valid_format or '')} records but training_file "
-            f"holds {record_kind(train_format)} records; give both files the same fields",
-            param="validation_file",
-            code="invalid_file",
         )
     return {**options.model_dump(exclude_unset=True), "task": task}

@@ -20,6 +20,9 @@ KINDS: dict[str, tuple[str, ...]] = {
 # The task each record kind trains by default.
 KIND_TASKS = {"text": "causal_lm", "completion": "completion", "classification": "classification"}
 TASK_KINDS = {task: kind for kind, task in KIND_TASKS.items()}
+# The kind's code in File.format, a String(16) column: "jsonl-label" fits, "-classification" not.
+KIND_CODES = {"text": "text", "completion": "completion", "classification": "label"}
+CODE_KINDS = {code: kind for kind, code in KIND_CODES.items()}
 
 Record = dict[str, str]
 
@@ -68,7 +71,7 @@ def record_kind(stored: str) -> str | None:
     """The record kind a stored format names; None for a legacy "jsonl" row (detect on read)."""
     if stored == "txt":
         return "text"
-    return stored.split("-", 1)[1] if "-" in stored else None
+    return CODE_KINDS[stored.split("-", 1)[1]] if "-" in stored else None
 
 
 def task_for_format(stored: str) -> str:
@@ -227,7 +230,7 @@ def validate_dataset(path: Path, fmt: str) -> DatasetInfo:
         records, kind = records + 1, record_kind_seen
     if records == 0:
         raise DatasetError("the file is empty; it needs at least one record of text", field="file")
-    stored = "txt" if fmt == "txt" else f"{public_format(fmt)}-{kind}"
+    stored = "txt" if fmt == "txt" else f"{public_format(fmt)}-{KIND_CODES[kind]}"
     return DatasetInfo(format=stored, records=records)
 
 

@@ -30,8 +30,8 @@ def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
         ("a.jsonl", '{"text": "hi"}\n\n{"text": "yo"}\n', "jsonl-text", "causal_lm"),
         ("a.jsonl", '{"prompt": "Q", "completion": " A"}\n', "jsonl-completion", "completion"),
         ("a.jsonl", '{"text": "t", "label": 1}\n{"text": "u", "label": "x"}\n',
-         "jsonl-classification", "classification"),
-        ("a.csv", 'text,label\n"a, b",pos\nc,neg\n', "csv-classification", "classification"),
+         "jsonl-label", "classification"),
+        ("a.csv", 'text,label\n"a, b",pos\nc,neg\n', "csv-label", "classification"),
     ],
 )  # fmt: skip
 def test_kinds_are_detected_and_stored(
@@ -45,12 +45,12 @@ def test_kinds_are_detected_and_stored(
 
 def test_read_records_per_kind(tmp_path: Path) -> None:
     jsonl = write(tmp_path, "c.jsonl", '{"text": "t", "label": 1}\n{"text": "u", "label": "x"}\n')
-    assert read_records(jsonl, "jsonl-classification") == [
+    assert read_records(jsonl, "jsonl-label") == [
         {"text": "t", "label": "1"},
         {"text": "u", "label": "x"},
     ]
     csv = write(tmp_path, "c.csv", 'label,text\npos,"a, ""quoted""\nline"\n\nneg,b\n')
-    assert read_records(csv, "csv-classification") == [
+    assert read_records(csv, "csv-label") == [
         {"label": "pos", "text": 'a, "quoted"\nline'},
         {"label": "neg", "text": "b"},
     ]
@@ -108,8 +108,8 @@ def test_over_long_records_are_refused(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_check_task_against_the_file_kind() -> None:
-    check_task("causal_lm", "jsonl-classification")  # any records have text to model
-    check_task("classification", "csv-classification")
+    check_task("causal_lm", "jsonl-label")  # any records have text to model
+    check_task("classification", "csv-label")
     with pytest.raises(DatasetError, match='needs "text", "label" records'):
         check_task("classification", "jsonl-text")
     with pytest.raises(DatasetError, match='needs "prompt", "completion" records'):
