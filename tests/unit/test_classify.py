@@ -1,5 +1,6 @@
 """Each task through the engine on gpt2-tiny: it learns, checkpoints load, classify() answers."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from shared.catalog import find_base_model
 from shared.spec import Hyperparameters, MethodOptions, TaskOptions
 from worker.training.callbacks import RecordingCallbacks
+from worker.training.checkpoints import latest_checkpoint
 from worker.training.classify import classify, is_classifier, load_for_task
 from worker.training.engine import train
 from worker.training.plan import Plan
@@ -113,3 +115,35 @@ def test_transfer_classifier_trains_top_block_and_head_only(models_dir: Path) ->
     plan.spec.method = MethodOptions(training_method="lora")
     with pytest.raises(ValueError, match="not lora"):
         load_for_task(plan.spec, torch.device("cpu"), None)
+
+
+@dataclass
+class PauseAfter(RecordingCallbacks):
+    """Answers "pause" from the (steps+1)-th should_stop call on."""
+
+    steps: int = 0
+    calls: int = 0
+
+    def should_stop(self) -> str | None:
+        self.calls += 1
+        return "pause" if self.calls > self.steps else None
+
+
+def test_classifier_pause_then_resume_matches(models_dir: Path, tmp_path: Path) -> None:
+    plan = make_plan(models_dir, "classification", LABELED, LABELED[::2], n_epochs=2,
+                     batch_size=4, learning_rate=3e-3)  # fmt: skip
+    straight = RecordingCallbacks()
+    args = (plan.spec, plan.train_examples, plan.valid_examples)
+    train(*args, tmp_path / "a" / "c", tmp_path / "a" / "m", straight)  # type: ignore[arg-type]
+    paused = PauseAfter(steps=3)
+    result = train(*args, tmp_path / "b" / "c", tmp_path / "b" / "m", paused)  # type: ignore[arg-type]
+    assert (result.stopped, result.step) == ("pause", 3)
+    checkpoint = latest_checkpoint(tmp_path / "b" / "c")
+    resumed = RecordingCallbacks()
+    result = train(
+        *args, tmp_path / "b" / "c", tmp_path / "b" / "m", resumed, resume_from=checkpoint
+    )  # type: ignore[arg-type]
+    assert (result.stopped, result.step) == (None, 4)
+    assert resumed.logs == straight.logs[3:]
+    assert resumed.evals[-1][1]["valid_accuracy"] == straight.evals[-1][1]["valid_accuracy"]
+    assert resumed.evals[-1][1]["valid_loss"] == straight.evals[-1][1]["valid_loss"]

@@ -145,6 +145,8 @@ def load_for_task(spec: Any, device: torch.device, resume_from: Path | None) -> 
     if resume_from is not None:
         model = load_classifier(str(resume_from), device, None)
     else:
+        # Seeded here: the new score head's random init must depend on spec.seed only.
+        torch.manual_seed(spec.seed)
         model = load_classifier(spec.model_location, device, spec.labels)
     if method == "transfer":
         freeze_below_head(model, spec.method.trainable_layers)
