@@ -2,6 +2,7 @@
 
 import json
 import os
+import tarfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,7 +14,7 @@ from shared.settings import get_settings
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 files_app = typer.Typer(help="Upload, list and delete files.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Create, follow and control fine-tuning jobs.", no_args_is_help=True)
-models_app = typer.Typer(help="List models; download a job's results.", no_args_is_help=True)
+models_app = typer.Typer(help="List and download models.", no_args_is_help=True)
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -161,12 +162,37 @@ def list_models() -> None:
 
 
 @models_app.command("download")
+def download_model(
+    model: Annotated[str, typer.Argument(help="A fine-tuned model id (ft:...).")],
+    out: Annotated[Path, typer.Option(help="Folder to unpack the model into.")] = Path("."),
+) -> None:
+    """Download a fine-tuned model (weights, config, tokenizer) and unpack it under OUT."""
+    out.mkdir(parents=True, exist_ok=True)
+    archive = out / ".gpt2ft-download.tar.gz"
+    with client(timeout=None) as http, http.stream("GET", f"/v1/models/{model}/content") as reply:
+        if reply.status_code >= 400:
+            reply.read()
+            typer.echo(f"error {reply.status_code}: {reply.text}", err=True)
+            raise typer.Exit(1)
+        with archive.open("wb") as handle:
+            for chunk in reply.iter_bytes():
+                handle.write(chunk)
+    try:
+        with tarfile.open(archive) as tar:
+            tops = {name.split("/", 1)[0] for name in tar.getnames()}
+            tar.extractall(out, filter="data")  # "data" refuses absolute paths and ../
+    finally:
+        archive.unlink(missing_ok=True)
+    for top in sorted(tops):
+        typer.echo(str(out / top))
+
+
+@jobs_app.command("results")
 def download_results(
-    model: Annotated[str, typer.Argument(help="A fine-tuned model id (ft:...) or its job id.")],
+    job_id: str,
     out: Annotated[Path, typer.Option(help="Folder to write into.")] = Path("."),
 ) -> None:
-    """Save a fine-tuned model's job: job.json, its results CSV files and loss.svg."""
-    job_id = model.rsplit(":", 1)[-1] if model.startswith("ft:") else model
+    """Save a job's object, its results CSV and its loss.svg under OUT."""
     job = call("GET", f"/v1/fine_tuning/jobs/{job_id}")
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{job_id}.json").write_text(json.dumps(job, indent=2))

@@ -65,7 +65,7 @@ def test_cli_uploads_trains_watches_and_generates(service: Service, tmp_path: Pa
     assert job["trained_tokens"] > 0 and len(job["result_files"]) == 1
     assert job["result_files"][0] in cli(service, "files", "list").stdout
 
-    downloaded = cli(service, "models", "download", job["fine_tuned_model"], "--out", str(tmp_path))
+    downloaded = cli(service, "jobs", "results", job_id, "--out", str(tmp_path))
     assert downloaded.returncode == 0, downloaded.stderr
     rows = (tmp_path / f"{job_id}_results.csv").read_text().splitlines()
     assert rows[0].startswith("step,epoch,train_loss,valid_loss")
@@ -74,6 +74,11 @@ def test_cli_uploads_trains_watches_and_generates(service: Service, tmp_path: Pa
 
     models = cli(service, "models", "list").stdout
     assert job["fine_tuned_model"] in models
+    fetched = cli(service, "models", "download", job["fine_tuned_model"], "--out", str(tmp_path))
+    assert fetched.returncode == 0, fetched.stderr
+    model_dir = Path(fetched.stdout.strip().splitlines()[-1])
+    assert (model_dir / "config.json").is_file() and model_dir.parent == tmp_path
+    assert any(model_dir.glob("*.safetensors"))
     generated = cli(
         service, "generate", "--model", job["fine_tuned_model"], "--max-tokens", "8",
         "--seed", "1", "Why did the",
