@@ -77,6 +77,10 @@ def queue_family() -> Metric:
 class ScrapeCollector:
     """Reads the database and Redis on every scrape; a failing source is skipped and logged."""
 
+    def describe(self) -> list[Metric]:
+        """Nothing up front: without this, register() would query the database at import."""
+        return []
+
     def collect(self) -> Iterator[Metric]:
         """Families for one scrape."""
         for source in (job_families, lambda: [queue_family()]):
