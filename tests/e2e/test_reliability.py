@@ -134,6 +134,13 @@ def api(service: Service) -> Iterator[Api]:
     client.http.close()
 
 
+def ensure_workers(service: Service, count: int) -> None:
+    """At least count FAST workers, so each test also runs alone (-k)."""
+    running = [n for n in service.processes if n.startswith("w")]
+    for number in range(count - len(running)):
+        service.start_worker(f"w-extra-{len(service.processes)}-{number}", **FAST)
+
+
 def wait_steps(api: Api, job_id: str, past: int, timeout: float = 90) -> None:
     wait_until(lambda: api.job(job_id)["steps_completed"] > past, timeout, f"step {past}")
 
@@ -193,6 +200,7 @@ def test_duplicate_delivery_runs_once(api: Api, service: Service) -> None:
 
 
 def test_redis_down_at_submit_and_flushed_queue(api: Api, service: Service) -> None:
+    ensure_workers(service, 2)
     service.stop("redis", signal.SIGKILL)
     started = time.monotonic()
     offline = api.create()
@@ -215,6 +223,7 @@ def test_redis_down_at_submit_and_flushed_queue(api: Api, service: Service) -> N
 
 
 def test_stalled_worker_is_fenced_out(api: Api, service: Service) -> None:
+    ensure_workers(service, 2)
     job_id = api.create(epochs=3, every=10)
     api.wait(job_id, {"running"})
     wait_steps(api, job_id, 3)
@@ -230,6 +239,8 @@ def test_stalled_worker_is_fenced_out(api: Api, service: Service) -> None:
     time.sleep(2)
     messages = api.messages(job_id)
     assert messages.count("The job has successfully completed") == 1, messages
+    saved = [m for m in messages if m.startswith("Checkpoint saved")]
+    assert len(saved) == len(set(saved)), "a checkpoint was recorded twice: a late write"
     assert api.row(job_id)["attempt"] == 2
     assert_continuous(api, job_id)
     log = (service.logs / f"{stalled}.log").read_text()
@@ -264,8 +275,7 @@ def test_sigterm_requeues_with_attempt_refunded(api: Api, service: Service) -> N
     messages = api.messages(job_id)
     handed_back = [m for m in messages if m.startswith("Worker shutting down")]
     assert handed_back and handed_back[0].endswith("job requeued"), messages
-    if not [n for n in service.processes if n.startswith("w")]:
-        service.start_worker("w6", **FAST)
+    ensure_workers(service, 1)
     assert api.wait(job_id, TERMINAL)["status"] == "succeeded"
     messages = api.messages(job_id)
     assert any(m.startswith("Resumed from step ") and m.endswith("(attempt 1)") for m in messages)
