@@ -146,3 +146,23 @@ def test_classifier_pause_then_resume_matches(models_dir: Path, tmp_path: Path) 
     assert resumed.logs == straight.logs[3:]
     assert resumed.evals[-1][1]["valid_accuracy"] == straight.evals[-1][1]["valid_accuracy"]
     assert resumed.evals[-1][1]["valid_loss"] == straight.evals[-1][1]["valid_loss"]
+
+
+def test_command_line_trains_a_classifier_from_csv(
+    models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.training.__main__ import main
+
+    csv = tmp_path / "reviews.csv"
+    csv.write_text("text,label\n" + "".join(f'"{r["text"]}",{r["label"]}\n' for r in LABELED))
+    common = ["--model", str(models_dir / "gpt2-tiny"), "--train-file", str(csv)]
+    code = main([*common, "--output", str(tmp_path / "out"), "--n-epochs", "1",
+                 "--batch-size", "4", "--max-length", "32"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "Planned classification (one example per record, 2 labels)" in printed
+    assert is_classifier(tmp_path / "out" / "model")
+
+    code = main([*common, "--output", str(tmp_path / "bad"), "--task", "completion"])
+    assert code == 2
+    assert 'needs "prompt", "completion" records' in capsys.readouterr().out

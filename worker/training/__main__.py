@@ -9,14 +9,22 @@ from pathlib import Path
 from typing import Any
 
 from shared.catalog import find_base_model
-from shared.datasets import DatasetError, detect_format, read_texts
+from shared.datasets import (
+    DatasetError,
+    check_task,
+    detect_format,
+    read_records,
+    task_for_format,
+    validate_dataset,
+)
 from shared.settings import get_settings
-from shared.spec import Hyperparameters
+from shared.spec import Hyperparameters, TaskOptions
 from worker.training.callbacks import RecordingCallbacks
 from worker.training.checkpoints import latest_checkpoint, remove_partial_checkpoints
 from worker.training.engine import train
 from worker.training.models import ModelUnavailable, ensure_available
-from worker.training.plan import PlanError, plan_training
+from worker.training.plan import PlanError
+from worker.training.task_plan import plan_task
 
 
 class PrintingCallbacks(RecordingCallbacks):
@@ -39,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options; unset hyperparameters resolve as "auto" does in the API."""
     parser = argparse.ArgumentParser(
         prog="python -m worker.training",
-        description="Fine-tune a GPT-2 model on a .txt or .jsonl file, without the service.",
+        description="Fine-tune a GPT-2 model on a .txt, .jsonl or .csv file, without the service.",
     )
     parser.add_argument("--model", required=True, help="a local model folder or a catalog name")
     parser.add_argument("--train-file", required=True, type=Path, help=".txt or .jsonl")
@@ -51,6 +59,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--block-size", type=int)
     parser.add_argument("--validation-split", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--task", choices=["causal_lm", "completion", "classification"],
+        help="default: inferred from the training file's records",
+    )  # fmt: skip
+    parser.add_argument(
+        "--packing", action=argparse.BooleanOptionalAction, default=True,
+        help="causal_lm: pack records into blocks (default) or one record per row",
+    )  # fmt: skip
+    parser.add_argument("--max-length", type=int, help="tokens per record when not packing")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     parser.add_argument("--log-every", type=int, default=10, help="steps between log lines")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
@@ -74,9 +91,10 @@ def resolve_model(name: str):
     return find_base_model(name, get_settings().resolved_models_dir)
 
 
-def read_file(path: Path) -> list[str]:
-    """Records of a .txt or .jsonl file."""
-    return read_texts(path, detect_format(path.name))
+def read_file(path: Path) -> tuple[list[dict[str, str]], str]:
+    """Records of a .txt, .jsonl or .csv file (checked as an upload is) and its format."""
+    stored = validate_dataset(path, detect_format(path.name)).format
+    return read_records(path, stored), stored
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,9 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         hp = hyperparameters(args)
         ensure_available(base)
-        train_texts = read_file(args.train_file)
-        valid_texts = read_file(args.valid_file) if args.valid_file else None
-        plan = plan_training(hp, base, train_texts, valid_texts, args.seed)
+        options = TaskOptions(task=args.task, packing=args.packing, max_length=args.max_length)
+        train_records, train_format = read_file(args.train_file)
+        task = options.task or task_for_format(train_format)
+        check_task(task, train_format)
+        valid_records = None
+        if args.valid_file:
+            valid_records, valid_format = read_file(args.valid_file)
+            check_task(task, valid_format)
+        plan = plan_task(hp, base, options, task, train_records, valid_records, args.seed)
     except PlanError as exc:
         print(f"error: {exc.param}: {exc}")
         return 2
@@ -110,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         result = train(
-            plan.spec, plan.train_blocks, plan.valid_blocks, checkpoints_dir,
+            plan.spec, plan.train_examples, plan.valid_examples, checkpoints_dir,  # type: ignore[arg-type]
             args.output / "model", callbacks, resume_from=resume_from, device=args.device,
             log_every_steps=args.log_every,
         )  # fmt: skip
