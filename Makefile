@@ -7,13 +7,17 @@ STAMP := $(VENV)/.installed
 REQUIREMENTS := $(wildcard requirements/*.txt) pyproject.toml
 SOURCES := api shared worker cli
 
-.PHONY: run test lint format install tokenizer browser clean
+.PHONY: run test lint format install tokenizer browser clean parity
 
 run: install
 	$(BIN)/gpt2ft run
 
 test: install tokenizer lint
 	$(BIN)/pytest tests -v -rs
+
+# Our engine vs the Hugging Face Trainer on the same data, seed and hyperparameters (CPU, ~minutes).
+parity: install tokenizer
+	$(BIN)/python -m bench.parity
 
 lint: install
 	$(BIN)/ruff check .
