@@ -103,8 +103,10 @@ def main() -> None:
                              args.seed)  # fmt: skip
         tokens = plan.train_tokens * plan.spec.n_epochs
         s = plan.summary
-        print(f"data: {s['train_blocks']} train blocks, {s['valid_blocks']} valid blocks of "
-              f"{s['block_size']} tokens; {s['total_steps']} steps; hyperparameters {HP}")  # fmt: skip
+        print(
+            f"data: {s['train_blocks']} train blocks, {s['valid_blocks']} valid blocks of "
+            f"{s['block_size']} tokens; {s['total_steps']} steps; hyperparameters {HP}"
+        )
         ours, ours_wall = run_ours(plan, root / "ours")
         print(f"ours:    valid_loss {ours:.4f}  wall {ours_wall:.1f}s  "
               f"{tokens / ours_wall:,.0f} tokens/s")  # fmt: skip
