@@ -30,6 +30,11 @@ TASK_FIELDS = ("task", "packing", "max_length")
 Task = Literal["causal_lm", "completion", "classification"]
 # GPT-2's Conv1D projections that LoRA may adapt.
 LORA_TARGETS = ("c_attn", "c_proj", "c_fc")
+LoraTarget = Literal["c_attn", "c_proj", "c_fc"]
+
+
+def _attention_only() -> list[LoraTarget]:
+    return ["c_attn"]
 
 
 class Hyperparameters(BaseModel):
@@ -73,13 +78,11 @@ class LoraOptions(BaseModel):
 
     # r=8, alpha=16: the LoRA paper's small-rank setting; enough for style/domain adaptation.
     r: int = Field(default=8, ge=1, le=256)
-    alpha: float = Field(default=16.0, gt=0, le=1024)
+    alpha: int = Field(default=16, ge=1, le=1024)
     # A little dropout regularises the adapter on corpora of a few MB.
     dropout: float = Field(default=0.05, ge=0.0, le=0.5)
     # Attention only (c_attn = q,k,v) as in the LoRA paper; add c_proj/c_fc for more capacity.
-    target_modules: list[Literal["c_attn", "c_proj", "c_fc"]] = Field(
-        default_factory=lambda: ["c_attn"], min_length=1
-    )
+    target_modules: list[LoraTarget] = Field(default_factory=_attention_only, min_length=1)
 
 
 class MethodOptions(BaseModel):
@@ -148,10 +151,12 @@ class TrainingSpec(BaseModel):
     early_stopping_patience: int | None = Field(default=None, ge=1)
     keep: Literal["best", "last"] = "best"
     method: MethodOptions = Field(default_factory=MethodOptions)
+    # batch_size and accumulation were "auto": on CUDA the engine probes the micro-batch.
+    probe_micro_batch: bool = False
 
     def shown(self) -> dict[str, Any]:
         """Resolved values as the job object's hyperparameters show them."""
-        return self.model_dump(exclude={"model", "model_location", "method"})
+        return self.model_dump(exclude={"model", "model_location", "method", "probe_micro_batch"})
 
 
 def auto_epochs(n_examples: int) -> int:

@@ -31,6 +31,7 @@ from worker.training.classify import (
 )
 from worker.training.methods import Exportable, copy_model_files
 from worker.training.models import load_tokenizer
+from worker.training.probe import accumulation_for, probe_micro_batch
 from worker.training.results import (
     BestState,
     early_stop_message,
@@ -85,6 +86,8 @@ class Run:
     amp_dtype: torch.dtype | None
     order_generator: torch.Generator
     progress: Progress
+    # Set when batch_size "auto" probed the micro-batch on CUDA: the accumulation it needs.
+    accumulation: int | None = None
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -137,6 +140,10 @@ def setup_run(
     progress = Progress(order_state=order_generator.get_state())
     run = Run(model, tokenizer, optimizer, scheduler, scaler, device, amp_dtype, order_generator,
               progress)  # fmt: skip
+    if spec.probe_micro_batch and device.type == "cuda":
+        length = spec.max_length or spec.block_size
+        micro = probe_micro_batch(model, device, amp_dtype, length, spec.batch_size)
+        run.accumulation = accumulation_for(spec.batch_size, micro)
     if resume_from is None:
         # Seed after loading: the data order and dropout then depend on spec.seed only.
         seed_everything(spec.seed)
@@ -447,6 +454,12 @@ def train(
     steps_per_epoch = math.ceil(len(train_blocks) / batch_size)
     total_steps = steps_per_epoch * spec.n_epochs
     run = setup_run(spec, total_steps, pick_device(device), resume_from)
+    if run.accumulation and run.accumulation != spec.gradient_accumulation_steps:
+        spec = spec.model_copy(update={"gradient_accumulation_steps": run.accumulation})
+        callbacks.on_message(
+            f"batch_size {spec.batch_size} does not fit in one pass on {run.device}: "
+            f"{run.accumulation} accumulated micro-batches per step"
+        )
     progress = run.progress
     # Packed blocks (lists of ids) or per-record Examples: batched the same way by index.
     data, valid_blocks = as_examples(train_blocks), as_examples(valid_blocks)

@@ -201,6 +201,7 @@ def resolve_spec(
         eval_every_steps=hp.eval_every_steps,
         early_stopping_patience=hp.early_stopping_patience,
         keep=hp.keep,
+        probe_micro_batch=hp.batch_size == "auto" and hp.gradient_accumulation_steps == "auto",
     )
 
 
@@ -253,7 +254,7 @@ def method_summary(spec: TrainingSpec) -> dict[str, Any]:
         "trainable_parameters": trainable,
         "total_parameters": total,
         "memory_estimate": estimate(
-            shape, method.training_method, trainable, micro, spec.block_size, amp
+            shape, method.training_method, trainable, micro, spec.max_length or spec.block_size, amp
         ),
     }
 
