@@ -10,6 +10,7 @@ from worker.training.classify import load_classifier, macro_f1
 from worker.training.models import load_causal_lm, load_tokenizer
 from worker.training.tasks import (
     IGNORE,
+    Examples,
     build_examples,
     classification_examples,
     completion_examples,
@@ -51,15 +52,38 @@ def test_per_record_truncates_at_max_length() -> None:
     assert examples.stats["truncated"] == 1
 
 
+def inputs(examples: Examples, row: int, labels: bool = True) -> dict[str, torch.Tensor]:
+    """Row `row` with all of its padding (Examples.batch would trim it)."""
+    assert examples.attention_mask is not None and examples.labels is not None
+    mask = examples.attention_mask[row : row + 1]
+    out = {
+        "input_ids": examples.input_ids[row : row + 1],
+        "attention_mask": mask,
+        "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+    }
+    return {**out, "labels": examples.labels[row : row + 1]} if labels else out
+
+
 def test_pad_positions_do_not_count_in_the_loss(tiny: str) -> None:
     model = load_causal_lm(tiny, "cpu").eval()
     short = per_record_examples([[50, 51, 52, 53]], 0, 0, 0, max_length=16)
     padded = per_record_examples([[50, 51, 52, 53], list(range(60, 70))], 0, 0, 0, max_length=16)
-    one = short.batch(torch.tensor([0]), torch.device("cpu"))
-    two = padded.batch(torch.tensor([0]), torch.device("cpu"))
-    assert two["input_ids"].shape[1] > one["input_ids"].shape[1]  # extra padding present
+    one, two = inputs(short, 0), inputs(padded, 0)
+    assert two["input_ids"].shape[1] == 12 > one["input_ids"].shape[1] == 6
+    assert two["labels"][0, 6:].tolist() == [IGNORE] * 6
     with torch.no_grad():
         assert torch.allclose(model(**one).loss, model(**two).loss, atol=1e-5)
+
+
+def test_batch_trims_columns_that_are_padding_in_every_row() -> None:
+    examples = per_record_examples([[5], [6, 7], list(range(10, 20))], 1, 2, 0, max_length=16)
+    batch = examples.batch(torch.tensor([1, 0]), torch.device("cpu"))
+    assert batch["input_ids"].tolist() == [[1, 6, 7, 2], [1, 5, 2, 0]]
+    assert batch["labels"].tolist() == [[1, 6, 7, 2], [1, 5, 2, IGNORE]]
+    left = classification_examples([[5], [6, 7], list(range(10, 20))], [0, 1, 0], 0, 16)
+    batch = left.batch(torch.tensor([0, 1]), torch.device("cpu"))
+    assert batch["input_ids"].tolist() == [[0, 5], [6, 7]] and batch["labels"].tolist() == [0, 1]
+    assert batch["position_ids"].tolist() == [[0, 0], [0, 1]]
 
 
 def test_completion_labels_only_the_completion() -> None:
@@ -85,14 +109,12 @@ def test_left_padding_gives_the_same_prediction_as_none(tiny: str) -> None:
     model = load_classifier(tiny, "cpu", ["a", "b", "c"]).eval()
     alone = classification_examples([[50, 51, 52]], [0], pad_id=0, max_length=16)
     batched = classification_examples([[50, 51, 52], list(range(60, 70))], [0, 1], 0, 16)
-    cpu = torch.device("cpu")
-    one = alone.batch(torch.tensor([0]), cpu)
-    two = batched.batch(torch.tensor([0]), cpu)
-    assert two["input_ids"].shape[1] == 10 and two["attention_mask"][0].sum() == 3
+    one, two = inputs(alone, 0, labels=False), inputs(batched, 0, labels=False)
+    assert (
+        two["input_ids"].shape[1] == 10 and two["attention_mask"][0].tolist() == [0] * 7 + [1] * 3
+    )
     with torch.no_grad():
-        first = model(**{k: v for k, v in one.items() if k != "labels"}).logits
-        padded = model(**{k: v for k, v in two.items() if k != "labels"}).logits
-    assert torch.allclose(first, padded, atol=1e-5)
+        assert torch.allclose(model(**one).logits, model(**two).logits, atol=1e-5)
 
 
 def test_sorted_labels_numbers_then_names() -> None:

@@ -27,17 +27,24 @@ class Examples:
 
     def batch(self, index: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
         """Model inputs for the rows in index, on device."""
-        ids = self.input_ids[index].to(device, non_blocking=True)
         if self.attention_mask is None:
+            ids = self.input_ids[index].to(device, non_blocking=True)
             return {"input_ids": ids, "labels": ids}
-        mask = self.attention_mask[index].to(device, non_blocking=True)
         assert self.labels is not None
+        mask = self.attention_mask[index]
+        # Rows are padded to the dataset's longest; cut the columns this batch leaves all pad.
+        used = mask.any(0).nonzero().flatten()
+        first, last = (int(used[0]), int(used[-1]) + 1) if used.numel() else (0, 1)
+        labels = self.labels[index]
+        if labels.dim() == 2:
+            labels = labels[:, first:last]
+        mask = mask[:, first:last].to(device, non_blocking=True)
         return {
-            "input_ids": ids,
+            "input_ids": self.input_ids[index][:, first:last].to(device, non_blocking=True),
             "attention_mask": mask,
             # GPT-2 numbers positions 0..n-1 from the first slot; padding must not shift them.
             "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
-            "labels": self.labels[index].to(device, non_blocking=True),
+            "labels": labels.to(device, non_blocking=True),
         }
 
     def tokens(self) -> int:
