@@ -229,6 +229,8 @@ def test_stalled_worker_is_fenced_out(api: Api, service: Service) -> None:
     wait_steps(api, job_id, 3)
     stalled = api.holder(job_id)
     group = service.processes[stalled].pid
+    log_path = service.logs / f"{stalled}.log"
+    log_start = log_path.stat().st_size  # log files are appended to across runs
     os.killpg(group, signal.SIGSTOP)
     try:
         wait_until(lambda: api.row(job_id)["attempt"] == 2, 60, "another worker to take over")
@@ -243,7 +245,9 @@ def test_stalled_worker_is_fenced_out(api: Api, service: Service) -> None:
     assert len(saved) == len(set(saved)), "a checkpoint was recorded twice: a late write"
     assert api.row(job_id)["attempt"] == 2
     assert_continuous(api, job_id)
-    log = (service.logs / f"{stalled}.log").read_text()
+    with log_path.open("rb") as log_file:
+        log_file.seek(log_start)
+        log = log_file.read().decode(errors="replace")
     assert "lease lost" in log, "the stalled worker never noticed it lost the job"
     # Every event after the takeover was written by attempt 2, never by the stalled one.
     late = [e for e in api.events(job_id) if e["created_at"] > taken_over + 1]
