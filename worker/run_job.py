@@ -384,6 +384,4 @@ def store_plan_stats(job_id: str, summary: dict[str, Any]) -> None:
 
 def finite(values: dict[str, Any]) -> dict[str, Any]:
     """values without NaN or infinite floats, which JSON columns refuse."""
-    return {
-        k: v for k, v in values.items() if not (isinstance(v, float) and not math.isfinite(v))
-    }
+    return {k: v for k, v in values.items() if not (isinstance(v, float) and not math.isfinite(v))}
