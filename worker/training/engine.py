@@ -347,8 +347,8 @@ def finish_epoch(
 def sample_prompts(run: Run, spec: TrainingSpec, callbacks: TrainingCallbacks) -> None:
     """Generate for each sample prompt; one message event each, ids kept for memorization."""
     prompts = spec.method.sample_prompts
-    if not prompts:
-        return
+    if not prompts or spec.task == "classification":
+        return  # a classifier has no text to generate
     step = run.progress.global_step
     samples = sample_continuations(run.model, run.tokenizer, prompts, run.device, spec.seed + step)
     for prompt, (text, ids) in zip(prompts, samples, strict=True):
