@@ -32,9 +32,7 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(LatencyMiddleware)
-    v1 = APIRouter(
-        prefix="/v1", dependencies=[Depends(require_owner)], responses=ERROR_RESPONSES
-    )
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_owner)], responses=ERROR_RESPONSES)
     for module in (files, jobs, metrics, models, completions, classifications):
         v1.include_router(module.router)
     app.include_router(v1)

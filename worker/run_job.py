@@ -177,9 +177,7 @@ def prepare(
         ensure_available(base)
     except ModelUnavailable as exc:
         raise JobFailure("model_not_available", str(exc), "model") from None
-    train_records, train_format = _read_file(
-        job.training_file, "training_file", job.owner, storage
-    )
+    train_records, train_format = _read_file(job.training_file, "training_file", job.owner, storage)
     valid_records = (
         _read_file(job.validation_file, "validation_file", job.owner, storage)[0]
         if job.validation_file

@@ -59,7 +59,10 @@ def test_create_job_stores_row_and_wakes_a_worker(
     assert job["user_provided_suffix"] == "my-run_1"
     shown = {"n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": "auto"}
     assert job["hyperparameters"] == {
-        **shown, "block_size": 64, "warmup_ratio": 0.1, "task": "causal_lm"
+        **shown,
+        "block_size": 64,
+        "warmup_ratio": 0.1,
+        "task": "causal_lm",
     }
     assert job["method"]["supervised"]["hyperparameters"] == job["hyperparameters"]
     assert job["progress"] is None and job["result_files"] == []
