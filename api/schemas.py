@@ -92,6 +92,7 @@ class JobCreate(BaseModel):
     # Hyperparameter extensions (shared.spec.Hyperparameters checks them).
     lr_scheduler: Any = None
     max_grad_norm: Any = None
+    gradient_checkpointing: Any = None
     gradient_accumulation_steps: Any = None
     eval_every_steps: Any = None
     early_stopping_patience: Any = None

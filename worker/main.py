@@ -1,5 +1,6 @@
 """`gpt2ft worker`: a training and an inference Celery process, plus the sweep."""
 
+import ctypes
 import logging
 import signal
 import subprocess
@@ -50,8 +51,28 @@ def _sweep_forever(stop: threading.Event, interval: float) -> None:
         stop.wait(interval)
 
 
+def _die_with_parent() -> None:
+    """Linux: a Celery child is killed if this supervisor dies (kill -9 included)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def start_child(queue: str, name: str) -> subprocess.Popen:
+    """A Celery child in its own session: outside signals reach only the supervisor.
+
+    Celery's SIGTERM handler takes a non-reentrant lock; a process-group SIGTERM plus the
+    supervisor's forwarded one could nest and deadlock it, so each child gets exactly one.
+    """
+    return subprocess.Popen(
+        celery_command(queue, name), start_new_session=True, preexec_fn=_die_with_parent
+    )
+
+
 def _stop_children(children: list[subprocess.Popen], timeout: float = 300.0) -> None:
-    """SIGTERM (a running job checkpoints and requeues itself), then SIGKILL after timeout."""
+    """SIGTERM once (a running job checkpoints and requeues itself), SIGKILL after timeout."""
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
@@ -69,14 +90,14 @@ def run_worker() -> int:
     configure_logging(get_settings().log_level)
     suffix = uuid.uuid4().hex[:6]
     named = {
-        queue: subprocess.Popen(celery_command(queue, f"{queue}-{suffix}"))
+        queue: start_child(queue, f"{queue}-{suffix}")
         for queue in (TRAINING_QUEUE, INFERENCE_QUEUE)
     }
-    children = list(named.values())
     stop = threading.Event()
+    signalled: list[int] = []
 
     def _on_signal(signum: int, _frame: object) -> None:
-        stop.set()
+        signalled.append(signum)  # lock-free: handlers may nest; the loop below acts on it
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
@@ -85,12 +106,13 @@ def run_worker() -> int:
     )
     sweeper.start()
     code = 0
-    while not stop.wait(0.5):
+    while not signalled:
         dead = [(queue, c) for queue, c in named.items() if c.poll() is not None]
         if dead:
             log.error("%s celery process exited with code %s", dead[0][0], dead[0][1].returncode)
             code = 1
             break
+        time.sleep(0.5)
     stop.set()
-    _stop_children(children)
+    _stop_children(list(named.values()))
     return code

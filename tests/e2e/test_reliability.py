@@ -5,6 +5,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +26,12 @@ FAST = {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
 }
+
+
+def parent_pid(pid: int) -> int:
+    """A process's parent, from /proc (the Celery children run in their own sessions)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 class Api:
@@ -106,13 +113,17 @@ class Api:
             db.row_factory = sqlite3.Row
             return dict(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
-    def holder(self, job_id: str) -> str:
-        """The name of the worker process group whose Celery child holds the job's lease."""
+    def holder_pid(self, job_id: str) -> int:
+        """The pid of the Celery process holding the job's lease (host:pid:nonce)."""
         owner = self.row(job_id)["lease_owner"]
         assert owner, f"{job_id} has no lease owner"
-        group = os.getpgid(int(owner.split(":")[1]))
-        names = [n for n, p in self.service.processes.items() if p.pid == group]
-        assert names, f"lease owner {owner} is none of {list(self.service.processes)}"
+        return int(owner.split(":")[1])
+
+    def holder(self, job_id: str) -> str:
+        """The name of the `gpt2ft worker` whose Celery child holds the job's lease."""
+        supervisor = parent_pid(self.holder_pid(job_id))
+        names = [n for n, p in self.service.processes.items() if p.pid == supervisor]
+        assert names, f"supervisor {supervisor} is none of {list(self.service.processes)}"
         return names[0]
 
     def final_valid_loss(self, job_id: str) -> float:
@@ -228,15 +239,15 @@ def test_stalled_worker_is_fenced_out(api: Api, service: Service) -> None:
     api.wait(job_id, {"running"})
     wait_steps(api, job_id, 3)
     stalled = api.holder(job_id)
-    group = service.processes[stalled].pid
+    celery_pid = api.holder_pid(job_id)
     log_path = service.logs / f"{stalled}.log"
     log_start = log_path.stat().st_size  # log files are appended to across runs
-    os.killpg(group, signal.SIGSTOP)
+    os.kill(celery_pid, signal.SIGSTOP)  # the training process itself stalls
     try:
         wait_until(lambda: api.row(job_id)["attempt"] == 2, 60, "another worker to take over")
         taken_over = time.time()
     finally:
-        os.killpg(group, signal.SIGCONT)
+        os.kill(celery_pid, signal.SIGCONT)
     assert api.wait(job_id, TERMINAL)["status"] == "succeeded"
     time.sleep(2)
     messages = api.messages(job_id)

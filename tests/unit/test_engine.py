@@ -213,3 +213,13 @@ def test_checkpoint_every_steps_adds_mid_epoch_resume_points(plan: Plan, tmp_pat
     # 4 steps per epoch, 3 epochs: every 3rd step mid-epoch, plus each epoch end.
     assert [step for step, _, _ in callbacks.checkpoints] == [3, 4, 6, 8, 9, 12]
     assert latest_checkpoint(tmp_path / "c") == tmp_path / "c" / "step-00000012"
+
+
+def test_gradient_checkpointing_trains_the_same(plan: Plan, tmp_path: Path) -> None:
+    plain, recomputed = RecordingCallbacks(), RecordingCallbacks()
+    spec = plan.spec.model_copy(update={"n_epochs": 1})
+    train(spec, plan.train_blocks, plan.valid_blocks, tmp_path / "a", tmp_path / "am", plain)
+    spec = spec.model_copy(update={"gradient_checkpointing": True})
+    train(spec, plan.train_blocks, plan.valid_blocks, tmp_path / "b", tmp_path / "bm", recomputed)
+    losses = [m["train_loss"] for _, m in plain.logs]
+    assert [m["train_loss"] for _, m in recomputed.logs] == pytest.approx(losses, rel=1e-4)

@@ -128,6 +128,8 @@ def setup_run(
 ) -> Run:
     """Load the model (base or checkpoint) and build optimizer, scheduler and scaler."""
     model = load_for_task(spec, device, resume_from)
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     tokenizer = load_tokenizer(spec.model_location)
     optimizer = build_optimizer(model, spec)

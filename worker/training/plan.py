@@ -197,6 +197,7 @@ def resolve_spec(
         checkpoint_every_steps=hp.checkpoint_every_steps,
         lr_scheduler=hp.lr_scheduler,
         max_grad_norm=hp.max_grad_norm,
+        gradient_checkpointing=hp.gradient_checkpointing,
         gradient_accumulation_steps=resolve_accumulation(hp, batch_size),
         eval_every_steps=hp.eval_every_steps,
         early_stopping_patience=hp.early_stopping_patience,
