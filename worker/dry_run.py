@@ -9,8 +9,8 @@ from worker.run_job import JobFailure, JobSnapshot, method_message, prepare
 
 def handle_plan(request: dict[str, Any]) -> dict[str, Any]:
     """Token counts, steps, resolved values and the memory estimate; or {"error": ...}."""
-    from worker.training.engine import pick_device
     from worker.training.memory import available_bytes
+    from worker.training.run_state import pick_device
 
     snapshot = JobSnapshot(
         id=request["id"],

@@ -51,7 +51,7 @@ def _is_classifier(location: str) -> bool:
 def handle_classify(request: dict[str, Any]) -> dict[str, Any]:
     """Run a classification request; errors come back as {"error": {...}}, never a traceback."""
     from worker.training.classify import classify
-    from worker.training.engine import pick_device
+    from worker.training.run_state import pick_device
 
     model = request.get("model")
     try:

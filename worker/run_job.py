@@ -194,8 +194,8 @@ def prepare(
     except PlanError as exc:
         raise JobFailure("invalid_hyperparameters", str(exc), exc.param) from None
     if check_memory:
-        from worker.training.engine import pick_device
         from worker.training.memory import memory_problem
+        from worker.training.run_state import pick_device
 
         problem = memory_problem(plan.summary["memory_estimate"], pick_device(None).type)
         if problem:

@@ -1,46 +1,37 @@
 """The training loop: AdamW, LR schedules, accumulation, clipping, evals, best checkpoints."""
 
 import math
-import random
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from shared.spec import TrainingSpec
 from worker.training.callbacks import TrainingCallbacks
 from worker.training.checkpoints import (
-    capture_rng_state,
     checkpoint_name,
-    load_training_state,
     read_checkpoint_info,
-    restore_rng_state,
     save_checkpoint,
 )
 from worker.training.classify import (
     count_targets,
     evaluate_classifier,
-    load_for_task,
     prediction_counts,
 )
 from worker.training.methods import Exportable, copy_model_files
-from worker.training.models import load_tokenizer
-from worker.training.probe import accumulation_for, probe_micro_batch
 from worker.training.results import (
-    BestState,
     early_stop_message,
     memorization_fraction,
     sample_continuations,
     should_stop_early,
     update_best,
 )
-from worker.training.schedules import lr_multiplier, warmup_steps_for
+from worker.training.run_state import Progress, Run, pick_device, setup_run, training_state
 from worker.training.tasks import IGNORE, Examples, as_examples
 
 
@@ -53,129 +44,6 @@ class TrainResult:
     trained_tokens: int
     final_metrics: dict[str, float]
     model_dir: Path | None
-
-
-@dataclass
-class Progress(BestState):
-    """Where the loop is; saved in every checkpoint so a resume starts at the same batch."""
-
-    epoch: int = 0
-    step_in_epoch: int = 0
-    global_step: int = 0
-    tokens_seen: int = 0
-    epoch_loss_sum: float = 0.0
-    epoch_loss_steps: int = 0
-    last_train_loss: float = float("nan")
-    last_train_accuracy: float = float("nan")
-    # Data-order generator state before this epoch's permutation was drawn.
-    order_state: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.uint8))
-    # Token ids of the sample_prompts generations so far: the memorization check's input.
-    sampled: list[list[int]] = field(default_factory=list)
-
-
-@dataclass
-class Run:
-    """The live objects of one training run."""
-
-    model: Any
-    tokenizer: Any
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    order_generator: torch.Generator
-    progress: Progress
-    # Set when batch_size "auto" probed the micro-batch on CUDA: the accumulation it needs.
-    accumulation: int | None = None
-
-
-def pick_device(device: str | None) -> torch.device:
-    """The requested device, else cuda when present, else cpu."""
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def pick_amp_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 where the GPU has it, fp16 (with a GradScaler) on older GPUs, fp32 on CPU."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def build_optimizer(model: Any, spec: TrainingSpec) -> torch.optim.AdamW:
-    """AdamW; matrices decay, biases and LayerNorm gains do not (nanoGPT's rule)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": spec.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=spec.learning_rate, betas=(0.9, 0.999), eps=1e-8)
-
-
-def setup_run(
-    spec: TrainingSpec, total_steps: int, device: torch.device, resume_from: Path | None
-) -> Run:
-    """Load the model (base or checkpoint) and build optimizer, scheduler and scaler."""
-    model = load_for_task(spec, device, resume_from)
-    if spec.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    tokenizer = load_tokenizer(spec.model_location)
-    optimizer = build_optimizer(model, spec)
-    warmup_steps = warmup_steps_for(spec.warmup_ratio, total_steps)
-    schedule = lr_multiplier(spec.lr_scheduler, warmup_steps, total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    amp_dtype = pick_amp_dtype(device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    order_generator = torch.Generator().manual_seed(spec.seed)
-    progress = Progress(order_state=order_generator.get_state())
-    run = Run(model, tokenizer, optimizer, scheduler, scaler, device, amp_dtype, order_generator,
-              progress)  # fmt: skip
-    if spec.probe_micro_batch and device.type == "cuda":
-        length = spec.max_length or spec.block_size
-        micro = probe_micro_batch(model, device, amp_dtype, length, spec.batch_size)
-        run.accumulation = accumulation_for(spec.batch_size, micro)
-    if resume_from is None:
-        # Seed after loading: the data order and dropout then depend on spec.seed only.
-        seed_everything(spec.seed)
-    else:
-        restore_training_state(run, load_training_state(resume_from))
-    return run
-
-
-def training_state(run: Run) -> dict[str, Any]:
-    """Everything a resume needs besides the weights."""
-    state = {
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "progress": asdict(run.progress),
-        "rng": capture_rng_state(),
-    }
-    if run.scaler.is_enabled():
-        state["scaler"] = run.scaler.state_dict()
-    return state
-
-
-def restore_training_state(run: Run, state: dict[str, Any]) -> None:
-    """Put optimizer, scheduler, scaler, RNGs and data position back as they were saved."""
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    if run.scaler.is_enabled() and "scaler" in state:
-        run.scaler.load_state_dict(state["scaler"])
-    run.progress = Progress(**state["progress"])
-    run.order_generator.set_state(run.progress.order_state)
-    restore_rng_state(state["rng"])
 
 
 def autocast(run: Run) -> torch.autocast:
