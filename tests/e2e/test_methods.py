@@ -108,3 +108,44 @@ def test_lora_job_then_download_and_load(client, service: Service, tmp_path: Pat
         headers={"Authorization": f"Bearer {service.api_key}"},
     )
     assert missing.status_code == 404
+
+
+def test_transfer_per_record_job_through_the_sdk(client, service: Service) -> None:
+    records = "".join(
+        f'{{"text": "Recipe {i}: mix flour, water and salt; bake for {10 + i} minutes."}}\n'
+        for i in range(40)
+    )
+    training = client.files.create(
+        file=("recipes.jsonl", io.BytesIO(records.encode())), purpose="fine-tune"
+    )
+    job = client.fine_tuning.jobs.create(
+        model="gpt2-tiny",
+        training_file=training.id,
+        hyperparameters={"n_epochs": 3, "batch_size": 8},
+        extra_body={
+            "packing": False,
+            "max_length": 24,
+            "training_method": "transfer",
+            "trainable_layers": 1,
+            "learning_rate": 3e-3,
+            "gradient_checkpointing": True,
+        },
+    )
+    job = wait_done(client, job.id)
+    assert job.status == "succeeded", job.error
+    extra = job.model_extra or {}
+    assert extra["training_method"] == "transfer"
+    assert 0 < extra["trainable_parameters"] < extra["total_parameters"]
+    shown = job.hyperparameters.model_extra
+    assert shown["packing"] is False and shown["max_length"] == 24
+    assert shown["gradient_checkpointing"] is True
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=1000))
+    validated = [e.message for e in events if e.message.startswith("Files validated")]
+    assert validated and "padding" in validated[0], validated
+    evals = sorted((e.data["step"], e.data["valid_loss"]) for e in events
+                   if e.type == "metrics" and e.data and "valid_loss" in e.data)  # fmt: skip
+    assert len(evals) == 3 and evals[-1][1] < evals[0][1], evals
+    completion = client.completions.create(
+        model=job.fine_tuned_model, prompt="Recipe", max_tokens=8
+    )
+    assert completion.choices[0].text.strip()
