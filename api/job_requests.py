@@ -7,13 +7,14 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from api.errors import ApiError, not_found, validation_error
+from api.errors import ApiError, validation_error
 from api.job_methods import method_options
 from api.job_tasks import task_options
 from api.limits import check_active_jobs
+from api.routes.files import owned_file
 from api.schemas import JobCreate
 from shared.catalog import find_base_model
-from shared.db.models import File, Job, JobStatus
+from shared.db.models import Job, JobStatus
 from shared.ids import new_sortable_id, now_ts
 from shared.settings import get_settings
 from shared.spec import EXTENSION_FIELDS, Hyperparameters
@@ -62,12 +63,6 @@ def requested_hyperparameters(body: JobCreate) -> dict[str, Any]:
     return hp.model_dump(mode="json", exclude_unset=True)
 
 
-def _check_file(session: Session, owner: str, file_id: str, param: str) -> None:
-    row = session.get(File, file_id)
-    if row is None or row.owner != owner or row.deleted_at is not None:
-        raise not_found("file", file_id, param=param)
-
-
 def build_job(session: Session, owner: str, body: JobCreate) -> Job:
     """A new job row in validating_files, after every check that needs no tokenizer."""
     hyperparameters = requested_hyperparameters(body)
@@ -78,9 +73,9 @@ def build_job(session: Session, owner: str, body: JobCreate) -> Job:
             param="model",
             code="model_not_found",
         )
-    _check_file(session, owner, body.training_file, "training_file")
+    owned_file(session, owner, body.training_file, "training_file")
     if body.validation_file is not None:
-        _check_file(session, owner, body.validation_file, "validation_file")
+        owned_file(session, owner, body.validation_file, "validation_file")
     check_active_jobs(session, owner)
     options = {**task_options(session, body), **method_options(body)}
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)

@@ -66,6 +66,14 @@ def find_file(session: Session, owner: str, file_id: str) -> File | None:
     return row
 
 
+def owned_file(session: Session, owner: str, file_id: str, param: str | None = None) -> File:
+    """The caller's live file, or 404 naming it (another owner's reads as missing)."""
+    row = find_file(session, owner, file_id)
+    if row is None:
+        raise not_found("file", file_id, param=param)
+    return row
+
+
 def _store_upload(owner: str, upload: Upload) -> FileOut:
     """Validate the spooled upload, move it under its generated id, insert the row."""
     purpose = upload.fields.get("purpose", "")
@@ -153,9 +161,7 @@ def list_files(
 def read_file(file_id: str, owner: Owner) -> FileOut:
     """One of the caller's files."""
     with session_scope() as session:
-        row = find_file(session, owner, file_id)
-        if row is None:
-            raise not_found("file", file_id)
+        row = owned_file(session, owner, file_id)
         return file_out(row)
 
 
@@ -169,9 +175,7 @@ def read_file(file_id: str, owner: Owner) -> FileOut:
 def download_file(file_id: str, owner: Owner) -> FileResponse:
     """The stored bytes, exactly as uploaded."""
     with session_scope() as session:
-        row = find_file(session, owner, file_id)
-        if row is None:
-            raise not_found("file", file_id)
+        row = owned_file(session, owner, file_id)
     path = get_storage().file_path(file_id)
     if not path.is_file():
         raise ApiError(404, f"the bytes of {file_id} are missing from storage", type="server_error")
@@ -184,9 +188,7 @@ def download_file(file_id: str, owner: Owner) -> FileResponse:
 def delete_file(file_id: str, owner: Owner) -> Deleted:
     """Forget the file and remove its bytes; refused while an unfinished job uses it."""
     with session_scope() as session:
-        row = find_file(session, owner, file_id)
-        if row is None:
-            raise not_found("file", file_id)
+        row = owned_file(session, owner, file_id)
         user = session.scalars(
             select(Job.id).where(
                 (Job.training_file == file_id) | (Job.validation_file == file_id),

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from worker.training.data import tokenize_records
-from worker.training.models import _load_kwargs, load_tokenizer
+from worker.training.models import _load_kwargs, load_tokenizer, model_load_kwargs
 from worker.training.tasks import IGNORE, Examples, pad_left
 
 _cache: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
@@ -29,13 +29,7 @@ def load_classifier(location: str, device: str | torch.device, labels: list[str]
             "label2id": {name: i for i, name in enumerate(labels)},
         }
     model: Any = AutoModelForSequenceClassification.from_pretrained(
-        location,
-        trust_remote_code=False,
-        use_safetensors=True,
-        dtype=torch.float32,
-        attn_implementation="sdpa",
-        **extra,
-        **_load_kwargs(),
+        location, **extra, **model_load_kwargs()
     )
     # GPT-2 has no pad token: EOS pads (on the left), and the head reads the last real token.
     model.config.pad_token_id = model.config.eos_token_id

@@ -111,6 +111,18 @@ def _load_kwargs() -> dict[str, Any]:
     return {"local_files_only": True} if _hub_offline() else {}
 
 
+def model_load_kwargs() -> dict[str, Any]:
+    """from_pretrained options for weights: no remote code, safetensors only, fp32, SDPA."""
+    return {
+        "trust_remote_code": False,
+        "use_safetensors": True,
+        # float32 master weights; mixed precision comes from autocast.
+        "dtype": torch.float32,
+        "attn_implementation": "sdpa",
+        **_load_kwargs(),
+    }
+
+
 def load_tokenizer(location: str) -> Any:
     """The model's tokenizer; GPT-2 has no pad token, so EOS doubles as one."""
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False, **_load_kwargs())
@@ -121,14 +133,7 @@ def load_tokenizer(location: str) -> Any:
 
 def load_causal_lm(location: str, device: str | torch.device) -> Any:
     """The model in float32 on device (mixed precision comes from autocast), SDPA attention."""
-    model: Any = AutoModelForCausalLM.from_pretrained(
-        location,
-        trust_remote_code=False,
-        use_safetensors=True,
-        dtype=torch.float32,
-        attn_implementation="sdpa",
-        **_load_kwargs(),
-    )
+    model: Any = AutoModelForCausalLM.from_pretrained(location, **model_load_kwargs())
     return model.to(device)
 
 

@@ -170,6 +170,16 @@ def plan_training(
     return Plan(spec, train_blocks, valid_blocks, train_tokens, summary)
 
 
+# Requested values the engine takes unchanged; resolve_spec works out the others.
+RESOLVED_FIELDS = {
+    "n_epochs", "batch_size", "learning_rate", "learning_rate_multiplier", "block_size",
+    "validation_split", "gradient_accumulation_steps",
+}  # fmt: skip
+VERBATIM_FIELDS = (set(Hyperparameters.model_fields) & set(TrainingSpec.model_fields)) - (
+    RESOLVED_FIELDS
+)
+
+
 def resolve_spec(
     hp: Hyperparameters,
     base: BaseModel,
@@ -191,17 +201,9 @@ def resolve_spec(
         learning_rate_multiplier=multiplier,
         block_size=block_size,
         validation_split=validation_split,
-        warmup_ratio=hp.warmup_ratio,
-        weight_decay=hp.weight_decay,
         seed=seed,
-        checkpoint_every_steps=hp.checkpoint_every_steps,
-        lr_scheduler=hp.lr_scheduler,
-        max_grad_norm=hp.max_grad_norm,
-        gradient_checkpointing=hp.gradient_checkpointing,
         gradient_accumulation_steps=resolve_accumulation(hp, batch_size),
-        eval_every_steps=hp.eval_every_steps,
-        early_stopping_patience=hp.early_stopping_patience,
-        keep=hp.keep,
+        **hp.model_dump(include=VERBATIM_FIELDS),
         probe_micro_batch=hp.batch_size == "auto" and hp.gradient_accumulation_steps == "auto",
     )
 
