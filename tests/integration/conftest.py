@@ -1,5 +1,6 @@
 """API fixtures: a TestClient on create_app(), two owners' keys, Redis db 15."""
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +10,9 @@ from fastapi.testclient import TestClient
 
 from shared.settings import get_settings
 
-TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
+# GPT2FT_TEST_REDIS_URL lets parallel test runs use separate Redis servers.
+REDIS_BASE = os.environ.get("GPT2FT_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
+TEST_REDIS_URL = f"{REDIS_BASE}/15"
 
 
 @pytest.fixture

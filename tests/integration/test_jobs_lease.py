@@ -22,8 +22,9 @@ from shared.jobs import (
     upsert,
 )
 from shared.settings import get_settings
+from tests.integration.conftest import REDIS_BASE
 
-REDIS_TEST_URL = "redis://127.0.0.1:6379/14"
+REDIS_TEST_URL = f"{REDIS_BASE}/14"
 
 
 @pytest.fixture
