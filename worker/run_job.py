@@ -12,8 +12,8 @@ from typing import Any
 
 from shared.catalog import find_base_model
 from shared.datasets import DatasetError, read_records, task_for_format
-from shared.db.models import File, FineTunedModel, Job, JobStatus
 from shared.db.session import session_scope
+from shared.db.tables import File, FineTunedModel, Job, JobStatus
 from shared.ids import new_sortable_id, now_ts
 from shared.jobs import (
     Lease,
@@ -166,7 +166,7 @@ def prepare(
     job: JobSnapshot, settings: Settings, storage: Storage, check_memory: bool = True
 ) -> Any:
     """Check the model and files and resolve the plan; JobFailure says what is wrong."""
-    from worker.training.models import ModelUnavailable, ensure_available
+    from worker.training.model_loading import ModelUnavailable, ensure_available
     from worker.training.plan import PlanError, with_method
     from worker.training.task_plan import plan_task
 

@@ -22,7 +22,7 @@ from shared.spec import Hyperparameters, TaskOptions
 from worker.training.callbacks import RecordingCallbacks
 from worker.training.checkpoints import latest_checkpoint, remove_partial_checkpoints
 from worker.training.engine import train
-from worker.training.models import ModelUnavailable, ensure_available
+from worker.training.model_loading import ModelUnavailable, ensure_available
 from worker.training.plan import PlanError
 from worker.training.task_plan import plan_task
 

@@ -23,6 +23,7 @@ from worker.training.classify import (
     evaluate_classifier,
     prediction_counts,
 )
+from worker.training.examples import IGNORE, Examples, as_examples
 from worker.training.methods import Exportable, copy_model_files
 from worker.training.results import (
     early_stop_message,
@@ -32,7 +33,6 @@ from worker.training.results import (
     update_best,
 )
 from worker.training.run_state import Progress, Run, pick_device, setup_run, training_state
-from worker.training.tasks import IGNORE, Examples, as_examples
 
 
 @dataclass
