@@ -16,8 +16,8 @@ from api.pagination import cursor_row, newest_first
 from api.schemas import Deleted, FileOut, ListPage
 from api.uploads import Upload, receive_upload, safe_filename
 from shared.datasets import DatasetError, detect_format, public_format, validate_dataset
-from shared.db.models import TERMINAL_STATUSES, File, Job
 from shared.db.session import session_scope
+from shared.db.tables import TERMINAL_STATUSES, File, Job
 from shared.ids import new_sortable_id, now_ts
 from shared.settings import get_settings
 from shared.storage import get_storage
