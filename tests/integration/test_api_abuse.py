@@ -5,8 +5,8 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from sqlalchemy import func, select
 
-from shared.db.tables import File
 from shared.db.session import session_scope
+from shared.db.tables import File
 from shared.settings import get_settings
 from tests.integration.conftest import GOOD_JSONL, upload
 
