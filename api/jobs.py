@@ -130,7 +130,7 @@ def dry_run_plan(job: Job) -> dict[str, Any]:
         "hyperparameters": job.hyperparameters,
         "options": job.options,
     }
-    answer = run_dry_run(request, get_settings().completion_timeout_seconds)
+    answer = run_dry_run(job.owner, request, get_settings().completion_timeout_seconds)
     error = answer.get("error")
     if error:
         raise ApiError(

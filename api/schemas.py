@@ -254,6 +254,9 @@ class ModelOut(BaseModel):
     owned_by: str
 
 
+StopText = Annotated[str, Field(max_length=64)]
+
+
 class CompletionCreate(BaseModel):
     """OpenAI's completion body (non-streaming) plus top_k."""
 
@@ -269,7 +272,8 @@ class CompletionCreate(BaseModel):
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(ge=0, le=1)] = 1.0
     n: Annotated[int, Field(ge=1, le=16)] = 1
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    # Four sequences of 64 characters, as OpenAI allows: each is checked after every token.
+    stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None
     seed: int | None = None
     echo: bool = False
     top_k: Annotated[int, Field(ge=0, le=50_000)] | None = None

@@ -189,3 +189,20 @@ def test_classification_labels_are_capped(
     assert response.status_code == 400 and "line 10" in response.text
     assert "at most 100" in response.text
     assert stored_files("alice") == before
+
+
+def test_stop_sequences_and_generated_tokens_are_bounded(
+    api: TestClient, alice: dict[str, str]
+) -> None:
+    base = {"model": "gpt2-tiny", "prompt": "hi"}
+    for stop in ["x" * 65, ["a", "b", "c", "d", "e"], ["ok", "y" * 65]]:
+        response = api.post("/v1/completions", headers=alice, json={**base, "stop": stop})
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["param"] == "stop"
+    assert get_settings().max_generated_tokens_per_request == 8192
+    too_many = {**base, "prompt": ["a"] * 5, "n": 2, "max_tokens": 1000}
+    response = api.post("/v1/completions", headers=alice, json=too_many)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "too_many_tokens" and error["param"] == "max_tokens"
+    assert "10000 tokens" in error["message"] and "8192" in error["message"]
