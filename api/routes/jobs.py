@@ -4,13 +4,13 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.auth import Owner
 from api.errors import not_found
-from api.events_stream import stream_events
+from api.events_stream import event_stream_response
 from api.job_requests import build_job, dry_run_plan
 from api.job_views import checkpoint_out, event_out, job_out
 from api.pagination import cursor_row, newest_first
@@ -124,11 +124,7 @@ def list_events(
             lambda i: session.scalars(scope.where(JobEvent.id == i)).first(), after
         )
         if stream:
-            return StreamingResponse(
-                stream_events(job_id, after_seq=after_row.seq if after_row else 0),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-            )
+            return event_stream_response(owner, job_id, after_row.seq if after_row else 0)
         rows, has_more = newest_first(session, scope, after_row, [JobEvent.seq], limit)
         return ListPage[EventOut](data=[event_out(r) for r in rows], has_more=has_more)
 
