@@ -4,12 +4,12 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
 from api.auth import Owner
 from api.deps import JobDep, SessionDep
-from api.events_stream import stream_events
+from api.events_stream import event_stream_response
 from api.job_views import checkpoint_out, event_out, job_out
 from api.jobs import build_job, dry_run_plan, metadata_conditions
 from api.pagination import cursor_row, newest_first
@@ -117,11 +117,7 @@ def list_events(
     scope = select(JobEvent).where(JobEvent.job_id == job.id)
     after_row = cursor_row(lambda i: session.scalars(scope.where(JobEvent.id == i)).first(), after)
     if stream:
-        return StreamingResponse(
-            stream_events(job.id, after_seq=after_row.seq if after_row else 0),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
+        return event_stream_response(job.owner, job.id, after_row.seq if after_row else 0)
     rows, has_more = newest_first(session, scope, after_row, [JobEvent.seq], limit)
     return ListPage[EventOut](data=[event_out(r) for r in rows], has_more=has_more)
 
