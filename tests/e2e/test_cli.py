@@ -46,6 +46,9 @@ def test_client_commands_find_the_port_and_key_of_a_running_make_run(
     try:
         wait_until(state.is_file, 120, f"{state} (see {tmp_path / 'run.log'})")
         assert state.stat().st_mode & 0o777 == 0o600
+        # Users' data is private: the database and Redis's AOF (files 0600, folders 0700).
+        private = [home / "gpt2ft.db", *(home / "redis").rglob("appendonly*")]
+        assert len(private) > 1 and not [p for p in private if p.stat().st_mode & 0o077]
 
         shell = shell_env(home)
         listed = subprocess.run(
