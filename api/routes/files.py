@@ -19,12 +19,13 @@ from shared.datasets import DatasetError, detect_format, public_format, validate
 from shared.db.session import session_scope
 from shared.db.tables import TERMINAL_STATUSES, File, Job
 from shared.ids import new_sortable_id, now_ts
+from shared.naming import FINE_TUNE_PURPOSE
 from shared.settings import get_settings
 from shared.storage import get_storage
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/files", tags=["files"])
-PURPOSES = ("fine-tune",)
+PURPOSES = (FINE_TUNE_PURPOSE,)
 
 UPLOAD_BODY = {
     "requestBody": {
