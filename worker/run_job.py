@@ -3,18 +3,20 @@
 import logging
 import math
 import os
+import shutil
 import socket
 import time
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from shared.catalog import find_base_model
 from shared.datasets import DatasetError, read_records, task_for_format
 from shared.db.models import File, FineTunedModel, Job, JobStatus
 from shared.db.session import session_scope
-from shared.ids import new_sortable_id, now_ts
+from shared.ids import now_ts
 from shared.jobs import (
     Lease,
     LeaseLost,
@@ -32,8 +34,24 @@ from shared.metrics_table import load_points, render_csv
 from shared.naming import fine_tuned_model_id
 from shared.settings import Settings, get_settings
 from shared.spec import METHOD_FIELDS, TASK_FIELDS, Hyperparameters, MethodOptions, TaskOptions
-from shared.storage import Storage, get_storage
+from shared.storage import (
+    Manifest,
+    Storage,
+    StorageError,
+    file_key,
+    get_storage,
+    job_prefix,
+    model_prefix,
+)
 from worker.heartbeat import Heartbeat
+from worker.publishing import (
+    discard_unless_visible,
+    job_scratch,
+    publish,
+    restore_checkpoints,
+    stage,
+    stage_results,
+)
 from worker.reporting import DbReporter, merge_stats
 
 log = logging.getLogger(__name__)
@@ -157,8 +175,8 @@ def _read_file(
     if fmt is None:
         raise JobFailure("invalid_file", f"{param} {file_id} no longer exists", param)
     try:
-        return read_records(storage.file_path(file_id), fmt), fmt
-    except DatasetError as exc:
+        return read_records(storage.fetch_file(file_key(file_id)), fmt), fmt
+    except (DatasetError, StorageError) as exc:
         raise JobFailure("invalid_file", f"{param} {file_id}: {exc}", param) from None
 
 
@@ -204,7 +222,16 @@ def prepare(
 
 
 def _run_claimed(lease: Lease, heartbeat: Heartbeat, settings: Settings, storage: Storage) -> None:
-    from worker.training.checkpoints import latest_checkpoint, remove_partial_checkpoints
+    work = job_scratch(storage, lease)
+    try:
+        _train_claimed(lease, heartbeat, settings, storage, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _train_claimed(
+    lease: Lease, heartbeat: Heartbeat, settings: Settings, storage: Storage, work: Path
+) -> None:
     from worker.training.engine import train
 
     job = _snapshot(lease.job_id)
@@ -221,9 +248,10 @@ def _run_claimed(lease: Lease, heartbeat: Heartbeat, settings: Settings, storage
             total_steps=total_steps,
         )
         store_plan_stats(job.id, plan.summary)
-    checkpoints_dir = storage.checkpoints_dir(job.id)
-    remove_partial_checkpoints(checkpoints_dir)
-    resume_from = latest_checkpoint(checkpoints_dir)
+    # Uploads of crashed or fenced-off attempts that never got a manifest.
+    storage.remove_unpublished(job_prefix(job.id))
+    checkpoints_dir = work / "checkpoints"
+    resume_from, best = restore_checkpoints(storage, job.id, checkpoints_dir)
     started = (
         f"Resumed from step {int(resume_from.name.split('-')[-1])} (attempt {lease.attempt})"
         if resume_from
@@ -242,28 +270,43 @@ def _run_claimed(lease: Lease, heartbeat: Heartbeat, settings: Settings, storage
     reporter = DbReporter(
         lease, heartbeat, storage, ft_id, total_steps, settings.metrics_flush_seconds
     )
+    reporter.best_checkpoint = best
     result = train(
         plan.spec,
         plan.train_examples,
         plan.valid_examples,
         checkpoints_dir,
-        storage.model_dir(job.id),
+        work / "model",
         reporter,
         resume_from=resume_from,
     )
     if result.stopped == "lease_lost":
         raise LeaseLost(f"job {job.id}: lease lost during training")
     reporter.flush()
-    _record_outcome(lease, job, result, reporter, ft_id, storage)
+    _record_outcome(lease, job, result, reporter, ft_id, storage, work)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """A succeeded job's staged (uploaded, not yet visible) final model and results file."""
+
+    model: Manifest
+    results: Manifest
 
 
 def _record_outcome(
-    lease: Lease, job: JobSnapshot, result: Any, reporter: DbReporter, ft_id: str, storage: Storage
+    lease: Lease,
+    job: JobSnapshot,
+    result: Any,
+    reporter: DbReporter,
+    ft_id: str,
+    storage: Storage,
+    work: Path,
 ) -> None:
     heartbeat = reporter.heartbeat
-    results_id = (
+    outputs = (
         retry_db(
-            lambda: _store_results(job, storage),
+            lambda: _stage_outputs(lease, job, result, ft_id, storage, work),
             f"job {job.id}: storing results",
             heartbeat.lease_seconds,
             heartbeat.lost,
@@ -273,12 +316,16 @@ def _record_outcome(
     )
     # The outcome must land: retry through a DB blip. If it never does, the error escapes,
     # the lease lapses and the sweep requeues the job: success is never claimed unrecorded.
-    retry_db(
-        lambda: _write_outcome(lease, job, result, reporter, ft_id, storage, results_id),
-        f"job {job.id}: recording the outcome",
-        heartbeat.lease_seconds,
-        heartbeat.lost,
-    )
+    try:
+        retry_db(
+            lambda: _write_outcome(lease, job, result, reporter, ft_id, storage, outputs),
+            f"job {job.id}: recording the outcome",
+            heartbeat.lease_seconds,
+            heartbeat.lost,
+        )
+    finally:
+        for staged in (outputs.model, outputs.results) if outputs else ():
+            discard_unless_visible(storage, staged)
     if reporter.stop_cause == "shutdown":
         from worker.dispatch import send_job
 
@@ -292,11 +339,15 @@ def _write_outcome(
     reporter: DbReporter,
     ft_id: str,
     storage: Storage,
-    results_id: str | None,
+    outputs: Outputs | None,
 ) -> None:
-    """One transaction: the final status, the model row and the closing event."""
+    """One transaction: the final status, the published outputs, their rows, the event."""
     with session_scope() as session:
         if result.stopped is None:
+            assert outputs is not None
+            # Fenced like every write here; before finish_job, which gives the lease up.
+            model = publish(session, lease, storage, outputs.model)
+            results = publish(session, lease, storage, outputs.results)
             finish_job(
                 session,
                 lease,
@@ -306,6 +357,7 @@ def _write_outcome(
                 steps_completed=result.step,
                 estimated_finish=None,
             )
+            results_id = _add_results_file(session, job, results)
             merge_stats(
                 session,
                 job.id,
@@ -318,7 +370,7 @@ def _write_outcome(
                     job_id=job.id,
                     base_model=job.model,
                     created_at=now_ts(),
-                    path=storage.relative(storage.model_dir(job.id)),
+                    path=model.prefix,
                 )
             )
             message = "The job has successfully completed"
@@ -336,26 +388,34 @@ def _write_outcome(
         add_events(session, [event_row(job.id, message)])
 
 
-def _store_results(job: JobSnapshot, storage: Storage) -> str:
-    """The job's metrics CSV as a fine-tune-results file owned by the job's owner."""
+def _stage_outputs(
+    lease: Lease, job: JobSnapshot, result: Any, ft_id: str, storage: Storage, work: Path
+) -> Outputs:
+    """Upload the final model and the metrics CSV; both become visible with the outcome."""
+    model = stage(storage, lease, model_prefix(job.id), result.model_dir, {"model": ft_id})
     with session_scope() as session:
         data = render_csv(load_points(session, job.id)).encode()
-    file_id = new_sortable_id("file")
-    path = storage.file_path(file_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = storage.tmp_dir() / f"{file_id}.csv"
-    tmp.write_bytes(data)
-    tmp.rename(path)
-    with session_scope() as session:
+    csv = work / "results.csv"
+    csv.write_bytes(data)
+    results = stage_results(
+        storage, lease, csv, f"{job.id}_results.csv", records=data.count(b"\n") - 1
+    )
+    return Outputs(model, results)
+
+
+def _add_results_file(session: Any, job: JobSnapshot, results: Manifest) -> str:
+    """The results file row (once: an earlier attempt may have published the manifest)."""
+    file_id = str(results.info["file_id"])
+    if session.get(File, file_id) is None:
         session.add(
             File(
                 id=file_id,
                 owner=job.owner,
-                filename=f"{job.id}_results.csv",
+                filename=results.info["filename"],
                 purpose="fine-tune-results",
-                bytes=len(data),
+                bytes=results.total_bytes,
                 format="csv",
-                records=data.count(b"\n") - 1,
+                records=results.info["records"],
                 created_at=now_ts(),
             )
         )
