@@ -18,7 +18,7 @@ def local_location(location: str) -> str:
 def handle_generate(request: dict[str, Any]) -> dict[str, Any]:
     """Run a completion request; errors come back as {"error": {...}}, never a traceback."""
     from worker.training.generate import generate
-    from worker.training.models import ModelUnavailable
+    from worker.training.model_loading import ModelUnavailable
 
     try:
         location = local_location(request["location"])

@@ -18,8 +18,8 @@ from api.schemas import Deleted, FileOut, ListPage
 from api.stored import stored_response
 from api.uploads import Upload, receive_upload
 from shared.datasets import DatasetError, detect_format, public_format, validate_dataset
-from shared.db.models import TERMINAL_STATUSES, File, Job
 from shared.db.session import session_scope
+from shared.db.tables import TERMINAL_STATUSES, File, Job
 from shared.ids import new_sortable_id, now_ts
 from shared.settings import get_settings
 from shared.storage import file_key, get_storage

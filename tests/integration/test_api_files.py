@@ -4,8 +4,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from shared.db.models import File
 from shared.db.session import session_scope
+from shared.db.tables import File
 from shared.storage import file_key, get_storage
 from tests.integration.conftest import GOOD_JSONL, upload
 

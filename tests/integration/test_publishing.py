@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from shared.db.models import Checkpoint, File, FineTunedModel, JobStatus
 from shared.db.session import session_scope
+from shared.db.tables import Checkpoint, File, FineTunedModel, JobStatus
 from shared.jobs import Lease, LeaseLost
 from shared.settings import get_settings
 from shared.storage import (
@@ -26,9 +26,10 @@ from shared.storage import (
 )
 from tests.integration.test_jobs_lease import claim, make_job, read_job
 from worker.heartbeat import Heartbeat
+from worker.outcomes import Outcome, TrainedRun, handle_success
 from worker.publishing import publish, stage, stage_results
 from worker.reporting import DbReporter
-from worker.run_job import JobSnapshot, _record_outcome
+from worker.run_job import JobSnapshot
 from worker.training.engine import TrainResult
 
 
@@ -182,7 +183,8 @@ def test_outputs_published_by_a_dead_attempt_are_the_ones_reported(
     job = JobSnapshot(job_id, "alice", "gpt2-tiny", "file-x", None, None, 1, {})
     result = TrainResult(None, 10, 1000, {"train_loss": 1.0}, final)
     reporter = reporter_for(second, storage)
-    _record_outcome(second, job, result, reporter, f"ft:m:{job_id}", storage, work)
+    run = TrainedRun(second, job, result, reporter, f"ft:m:{job_id}", storage, work)
+    assert handle_success(run) is Outcome.succeeded
 
     assert read_job(job_id).status == JobStatus.succeeded
     assert storage.read_manifest(model_prefix(job_id)) == model
