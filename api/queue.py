@@ -112,7 +112,8 @@ def _ask_inference_worker(task: str, request: dict[str, Any], timeout: float) ->
             result.forget()
     if isinstance(answer, BaseException) or not isinstance(answer, dict):
         log.warning("inference worker failed on %s: %r", task, answer)
-        raise ApiError(500, f"the inference worker failed: {answer}", type="server_error")
+        # The worker's exception text stays in the logs: it can quote paths and other input.
+        raise ApiError(500, "the inference worker failed; see the worker log", type="server_error")
     return answer
 
 

@@ -37,7 +37,8 @@ def test_upload_jsonl_and_txt(api: TestClient, alice: dict[str, str]) -> None:
     assert stored_bytes(str(body["id"])) == GOOD_JSONL
 
     text = upload(api, alice, b"hello world\nsecond line\n", name="../../etc/corpus.txt")
-    assert text["format"] == "txt" and text["filename"] == "../../etc/corpus.txt"
+    # Stored under its id; the name shown is the base name only.
+    assert text["format"] == "txt" and text["filename"] == "corpus.txt"
     assert stored_bytes(str(text["id"])) == b"hello world\nsecond line\n"
     assert file_rows() == 2
 
