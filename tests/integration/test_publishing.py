@@ -71,7 +71,9 @@ def checkpoint_rows(job_id: str) -> int:
         return int(session.execute(query).scalar_one())
 
 
-def take_over_while_locked(job_id: str, uploaded: threading.Event, done: threading.Event) -> None:
+def take_over_while_locked(
+    job_id: str, locked: threading.Event, uploaded: threading.Event, done: threading.Event
+) -> None:
     """Lock the jobs table; once the upload is in, claim the job for w2 (claim_job's UPDATE)."""
     url = get_settings().resolved_database_url
     expires = time.time() + 60
@@ -82,6 +84,7 @@ def take_over_while_locked(job_id: str, uploaded: threading.Event, done: threadi
     if url.startswith("sqlite"):
         conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
         conn.execute("BEGIN EXCLUSIVE")
+        locked.set()
         assert uploaded.wait(60)
         time.sleep(0.5)  # the worker is now waiting on the lock to write its manifest
         conn.execute(takeover)
@@ -91,6 +94,7 @@ def take_over_while_locked(job_id: str, uploaded: threading.Event, done: threadi
 
         conn = psycopg.connect(url.replace("+psycopg", ""))
         conn.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+        locked.set()
         assert uploaded.wait(60)
         time.sleep(0.5)
         conn.execute(takeover)
@@ -107,9 +111,10 @@ def test_lease_lost_between_upload_and_manifest_publishes_nothing(
     assert lease is not None
     folder = checkpoint_folder(tmp_path, "step-00000005", b"w1" * 50_000)
     prefix = checkpoint_prefix(job_id, 5)
-    uploaded, done = threading.Event(), threading.Event()
-    watcher = threading.Thread(target=take_over_while_locked, args=(job_id, uploaded, done))
+    locked, uploaded, done = threading.Event(), threading.Event(), threading.Event()
+    watcher = threading.Thread(target=take_over_while_locked, args=(job_id, locked, uploaded, done))
     watcher.start()
+    assert locked.wait(30)
 
     def upload_seen() -> None:
         while not done.is_set():
