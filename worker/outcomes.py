@@ -23,6 +23,7 @@ from shared.jobs import (
     retry_db,
 )
 from shared.metrics_table import load_points, render_csv
+from shared.naming import RESULTS_PURPOSE
 from shared.settings import get_settings
 from shared.storage import Manifest, Storage, model_prefix
 from worker.publishing import discard_unless_visible, publish, stage, stage_results
@@ -227,7 +228,7 @@ def _add_results_file(session: Session, job: "JobSnapshot", results: Manifest) -
                 id=file_id,
                 owner=job.owner,
                 filename=results.info["filename"],
-                purpose="fine-tune-results",
+                purpose=RESULTS_PURPOSE,
                 bytes=results.total_bytes,
                 format="csv",
                 records=results.info["records"],
