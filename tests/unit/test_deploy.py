@@ -1,4 +1,4 @@
-"""The deployment files say what RELIABILITY.md asks: AOF Redis, one-shot setup, a GPU.
+"""The deployment files say what docs/reliability.md asks: AOF Redis, one-shot setup, a GPU.
 
 Static checks here; `make compose-smoke` (scripts/compose-smoke.sh) runs the stack for real.
 """
