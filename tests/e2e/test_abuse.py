@@ -225,6 +225,8 @@ def test_generation_stops_at_the_deadline_and_frees_the_worker(
     api_server: ApiServer, service: Service, worker: None
 ) -> None:
     key = api_server.api_key
+    worker_log = service.logs / "worker.log"
+    logged_before = worker_log.stat().st_size  # the log file outlives earlier runs
     light = {"model": "gpt2-tiny", "prompt": "zebra quokka 7731", "max_tokens": 8}
     answers: list[httpx.Response] = []
     wait_until(
@@ -243,7 +245,10 @@ def test_generation_stops_at_the_deadline_and_frees_the_worker(
     assert answers[-1].status_code == 200, answers[-1].text
     text = answers[-1].json()["choices"][0]["text"]
     # Prompts and generations are not logged at INFO (the service's level).
-    log = (service.logs / "worker.log").read_text(errors="replace")
+    with worker_log.open("rb") as handle:
+        handle.seek(logged_before)
+        log = handle.read().decode(errors="replace")
+    assert "gpt2ft.generate" in log  # this run's lines are there
     assert "zebra quokka 7731" not in log
     assert len(text) < 6 or text not in log
 
