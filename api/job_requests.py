@@ -14,7 +14,7 @@ from api.limits import check_active_jobs
 from api.routes.files import owned_file
 from api.schemas import JobCreate
 from shared.catalog import find_base_model
-from shared.db.models import Job, JobStatus
+from shared.db.tables import Job, JobStatus
 from shared.ids import new_sortable_id, now_ts
 from shared.settings import get_settings
 from shared.spec import EXTENSION_FIELDS, Hyperparameters
@@ -102,8 +102,7 @@ def build_job(session: Session, owner: str, body: JobCreate) -> Job:
 
 def dry_run_plan(job: Job) -> dict[str, Any]:
     """The resolved plan for an unsaved job, from a worker (the API cannot tokenize)."""
-    from api.queue import run_generation
-    from shared.naming import PLAN_TASK
+    from api.queue import run_dry_run
 
     request = {
         "id": job.id,
@@ -116,7 +115,7 @@ def dry_run_plan(job: Job) -> dict[str, Any]:
         "hyperparameters": job.hyperparameters,
         "options": job.options,
     }
-    answer = run_generation(request, get_settings().completion_timeout_seconds, task=PLAN_TASK)
+    answer = run_dry_run(request, get_settings().completion_timeout_seconds)
     error = answer.get("error")
     if error:
         raise ApiError(

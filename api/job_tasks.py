@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from api.errors import ApiError, validation_error
 from api.schemas import JobCreate
 from shared.datasets import DatasetError, check_task, task_for_format
-from shared.db.models import File
+from shared.db.tables import File
 from shared.spec import TASK_FIELDS, TaskOptions
 
 

@@ -4,7 +4,7 @@ from typing import Any
 
 from api.job_methods import shown_method
 from api.schemas import CheckpointMetrics, CheckpointOut, EventOut, JobErrorOut, JobOut, MethodOut
-from shared.db.models import Checkpoint, Job, JobEvent
+from shared.db.tables import Checkpoint, Job, JobEvent
 from shared.spec import TASK_FIELDS
 
 # What the SDK's Hyperparameters shows before a worker resolves "auto".

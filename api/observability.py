@@ -14,8 +14,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric, SummaryMetricFamil
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.db.models import Job, JobStatus
 from shared.db.session import session_scope
+from shared.db.tables import Job, JobStatus
 from shared.naming import INFERENCE_QUEUE, TRAINING_QUEUE
 from shared.settings import get_settings
 
@@ -52,7 +52,7 @@ def job_families() -> list[Metric]:
             select(Job.id, Job.stats).where(Job.status == JobStatus.running.value)
         ).all()
     for status in JobStatus:
-        by_status.add_metric([status.value], counts.get(status.value, 0))
+        by_status.add_metric([status.value], counts.get(status, 0))
     durations.add_metric([], count_value=finished[0] or 0, sum_value=float(finished[1] or 0))
     for job_id, stats in running:
         if (stats or {}).get("tokens_per_second") is not None:

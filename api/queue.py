@@ -9,7 +9,14 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 
 from api.errors import ApiError
-from shared.naming import GENERATE_TASK, INFERENCE_QUEUE, TRAIN_TASK, TRAINING_QUEUE
+from shared.naming import (
+    CLASSIFY_TASK,
+    DRY_RUN_TASK,
+    GENERATE_TASK,
+    INFERENCE_QUEUE,
+    TRAIN_TASK,
+    TRAINING_QUEUE,
+)
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -63,9 +70,9 @@ def send_training(job_id: str) -> bool:
     return True
 
 
-def _unreachable(exc: Exception) -> ApiError:
+def _unreachable(task: str, exc: Exception) -> ApiError:
     """503 for a broker or result store that does not answer."""
-    log.warning("task queue unreachable for %s: %s", GENERATE_TASK, exc)
+    log.warning("task queue unreachable for %s: %s", task, exc)
     queue_app.cache_clear()  # a result consumer that gave up must not serve the next request
     return ApiError(
         503,
@@ -75,10 +82,8 @@ def _unreachable(exc: Exception) -> ApiError:
     )
 
 
-def run_generation(
-    request: dict[str, Any], timeout: float, task: str = GENERATE_TASK
-) -> dict[str, Any]:
-    """Send a request (generate, or another inference task) to the inference queue and wait."""
+def _ask_inference_worker(task: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Send request as task to the inference queue and wait up to timeout for the answer."""
     no_worker = ApiError(
         503,
         f"no inference worker answered within {timeout:g}s; is `gpt2ft worker` running?",
@@ -95,17 +100,33 @@ def run_generation(
             retry_policy=_RETRY_POLICY,
         )
     except Exception as exc:
-        raise _unreachable(exc) from None
+        raise _unreachable(task, exc) from None
     try:
         answer = result.get(timeout=timeout, propagate=False)
     except CeleryTimeout:
         raise no_worker from None
     except Exception as exc:
-        raise _unreachable(exc) from None
+        raise _unreachable(task, exc) from None
     finally:
         with contextlib.suppress(Exception):
             result.forget()
     if isinstance(answer, BaseException) or not isinstance(answer, dict):
-        log.warning("inference worker failed: %r", answer)
-        raise ApiError(500, f"the inference worker failed: {answer}", type="server_error")
+        log.warning("inference worker failed on %s: %r", task, answer)
+        # The worker's exception text stays in the logs: it can quote paths and other input.
+        raise ApiError(500, "the inference worker failed; see the worker log", type="server_error")
     return answer
+
+
+def run_completion(request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Generated text for a /v1/completions request, from an inference worker."""
+    return _ask_inference_worker(GENERATE_TASK, request, timeout)
+
+
+def run_classification(request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Labels and probabilities for a /v1/classifications request, from an inference worker."""
+    return _ask_inference_worker(CLASSIFY_TASK, request, timeout)
+
+
+def run_dry_run(request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """A dry-run job's resolved plan (tokens, steps, memory), from an inference worker."""
+    return _ask_inference_worker(DRY_RUN_TASK, request, timeout)

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
     # One record over a million characters is a whole book in one line: almost surely a mistake.
     max_record_chars: int = Field(default=1_000_000, ge=1)
+    # A million records: planning holds each one's tokens; more tiny ones belong joined up.
+    max_records: int = Field(default=1_000_000, ge=1)
+    # Distinct classification labels: a thousand classes is already a large head for GPT-2.
+    max_labels: int = Field(default=1000, ge=2)
     # A worker that misses three heartbeats loses its job to another worker.
     lease_seconds: float = Field(default=60.0, gt=0)
     heartbeat_seconds: float = Field(default=15.0, gt=0)

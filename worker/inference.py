@@ -9,7 +9,7 @@ log = logging.getLogger(__name__)
 def handle_generate(request: dict[str, Any]) -> dict[str, Any]:
     """Run a completion request; errors come back as {"error": {...}}, never a traceback."""
     from worker.training.generate import generate
-    from worker.training.models import ModelUnavailable
+    from worker.training.model_loading import ModelUnavailable
 
     if _is_classifier(request["location"]):
         return {

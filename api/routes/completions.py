@@ -4,7 +4,7 @@ from fastapi import APIRouter
 
 from api.auth import Owner
 from api.errors import ApiError, not_found
-from api.queue import run_generation
+from api.queue import run_completion
 from api.routes.models import find_checkpoint, find_fine_tuned
 from api.schemas import ChoiceOut, CompletionCreate, CompletionOut
 from shared.catalog import find_base_model
@@ -62,7 +62,7 @@ def create_completion(body: CompletionCreate, owner: Owner) -> CompletionOut:
     if isinstance(body.prompt, list) and not body.prompt:
         raise ApiError(400, "prompt: give a string or a non-empty list of strings", param="prompt")
     location = model_location(owner, body.model)
-    answer = run_generation(
+    answer = run_completion(
         generation_request(body, location), get_settings().completion_timeout_seconds
     )
     if "error" in answer:

@@ -14,10 +14,10 @@ from api.errors import ApiError, not_found
 from api.limits import check_stored_bytes
 from api.pagination import cursor_row, newest_first
 from api.schemas import Deleted, FileOut, ListPage
-from api.uploads import Upload, receive_upload
+from api.uploads import Upload, receive_upload, safe_filename
 from shared.datasets import DatasetError, detect_format, public_format, validate_dataset
-from shared.db.models import TERMINAL_STATUSES, File, Job
 from shared.db.session import session_scope
+from shared.db.tables import TERMINAL_STATUSES, File, Job
 from shared.ids import new_sortable_id, now_ts
 from shared.settings import get_settings
 from shared.storage import get_storage
@@ -81,13 +81,14 @@ def _store_upload(owner: str, upload: Upload) -> FileOut:
         raise ApiError(400, f"purpose must be 'fine-tune' (got {purpose!r})", param="purpose")
     if upload.filename is None or upload.file_field != "file":
         raise ApiError(400, "missing multipart field 'file'", param="file")
+    filename = safe_filename(upload.filename)
+    if not filename:
+        raise ApiError(400, "the file needs a name such as train.jsonl", param="file")
     try:
-        fmt = detect_format(upload.filename)
+        fmt = detect_format(filename)
         info = validate_dataset(upload.path, fmt)
     except DatasetError as exc:
-        raise ApiError(
-            400, f"{upload.filename}: {exc}", param="file", code="invalid_file"
-        ) from None
+        raise ApiError(400, f"{filename}: {exc}", param="file", code="invalid_file") from None
     storage = get_storage()
     file_id = new_sortable_id("file")
     final = storage.file_path(file_id)
@@ -99,7 +100,7 @@ def _store_upload(owner: str, upload: Upload) -> FileOut:
             row = File(
                 id=file_id,
                 owner=owner,
-                filename=upload.filename[:255],
+                filename=filename,
                 purpose=purpose,
                 bytes=upload.size,
                 format=info.format,

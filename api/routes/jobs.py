@@ -17,8 +17,8 @@ from api.pagination import cursor_row, newest_first
 from api.queue import send_training
 from api.schemas import CheckpointOut, EventOut, JobCreate, JobOut, ListPage
 from api.transitions import transition
-from shared.db.models import Checkpoint, Job, JobEvent
 from shared.db.session import session_scope
+from shared.db.tables import Checkpoint, Job, JobEvent
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])

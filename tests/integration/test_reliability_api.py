@@ -8,8 +8,8 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from shared.db.models import File, Job
 from shared.db.session import session_scope
+from shared.db.tables import File, Job
 from shared.spec import Hyperparameters, TaskOptions
 from shared.storage import get_storage
 from tests.integration.conftest import GOOD_JSONL, upload

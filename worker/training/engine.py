@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.spec import TrainingSpec
-from worker.training.callbacks import TrainingCallbacks
+from worker.training.callbacks import StopReason, TrainingCallbacks
 from worker.training.checkpoints import (
     checkpoint_name,
     read_checkpoint_info,
@@ -23,6 +23,7 @@ from worker.training.classify import (
     evaluate_classifier,
     prediction_counts,
 )
+from worker.training.examples import IGNORE, Examples, as_examples
 from worker.training.methods import Exportable, copy_model_files
 from worker.training.results import (
     early_stop_message,
@@ -32,14 +33,13 @@ from worker.training.results import (
     update_best,
 )
 from worker.training.run_state import Progress, Run, pick_device, setup_run, training_state
-from worker.training.tasks import IGNORE, Examples, as_examples
 
 
 @dataclass
 class TrainResult:
     """How a run ended: stopped is None when it completed, else the stop reason."""
 
-    stopped: str | None
+    stopped: StopReason | None
     step: int
     trained_tokens: int
     final_metrics: dict[str, float]
@@ -346,7 +346,7 @@ def train(
         order = torch.randperm(len(train_blocks), generator=run.order_generator)
         while progress.step_in_epoch < steps_per_epoch:
             reason = callbacks.should_stop()
-            if reason == "pause":
+            if reason is not None and reason.checkpoints:
                 flush_losses(progress, window)
                 metrics = {
                     "step": progress.global_step,

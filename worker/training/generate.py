@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from shared.settings import get_settings
-from worker.training.models import load_causal_lm, load_tokenizer
+from worker.training.model_loading import load_causal_lm, load_tokenizer
 from worker.training.run_state import pick_device
 
 _cache: OrderedDict[str, tuple[Any, Any]] = OrderedDict()

@@ -4,7 +4,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.catalog import BaseModel
+from shared.catalog import BaseModelEntry
 from shared.spec import (
     Hyperparameters,
     MethodOptions,
@@ -21,9 +21,9 @@ from worker.training.data import (
     split_blocks,
     tokenize_records,
 )
+from worker.training.examples import Examples, blocks_to_examples, task_plan_message
 from worker.training.memory import ModelShape, estimate, total_parameters, trainable_parameters
-from worker.training.models import load_tokenizer, model_context_length
-from worker.training.tasks import Examples, blocks_to_examples, task_plan_message
+from worker.training.model_loading import load_tokenizer, model_context_length
 
 # Shorter blocks teach the model almost nothing about context; refuse rather than pretend.
 MIN_BLOCK_SIZE = 16
@@ -115,7 +115,7 @@ def resolve_block_size(
 
 def plan_training(
     hp: Hyperparameters,
-    base: BaseModel,
+    base: BaseModelEntry,
     train_texts: list[str],
     valid_texts: list[str] | None,
     seed: int,
@@ -182,7 +182,7 @@ VERBATIM_FIELDS = (set(Hyperparameters.model_fields) & set(TrainingSpec.model_fi
 
 def resolve_spec(
     hp: Hyperparameters,
-    base: BaseModel,
+    base: BaseModelEntry,
     n_train: int,
     block_size: int,
     validation_split: float,
