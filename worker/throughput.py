@@ -5,7 +5,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from shared.db.models import Job, JobStatus
+from shared.db.tables import Job, JobStatus
 from shared.db.session import session_scope
 
 # The median of this many recent jobs: one slow outlier (a paused job) moves it little.

@@ -3,7 +3,7 @@
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.db.models import Job
+from shared.db.tables import Job
 from shared.db.session import session_scope
 from tests.integration.conftest import upload
 
