@@ -69,8 +69,8 @@ class Progress:
             parts.append(f"loss {self.loss:.4f}")
         if self.tokens_per_second is not None:
             parts.append(f"{self.tokens_per_second:,.0f} tok/s")
-        if self.finish_at is not None and self.step < self.total:
-            parts.append(f"ETA {clock(self.finish_at - now)}")
+        if self.finish_at is not None:
+            parts.append(f"ETA {clock(self.finish_at - now)}")  # 0:00 once the last step is done
         return "  ".join(parts)
 
 

@@ -359,6 +359,11 @@ def test_job_page_shows_resolved_values_files_charts_samples_and_events(
         names = tar.getnames()
     assert any(name.endswith("/config.json") for name in names), names
     assert download.value.suggested_filename.endswith(".tar.gz")
+    with page.expect_download() as results:
+        page.click("#job-results")
+    assert results.value.suggested_filename == f"{job_id}_results.csv"
+    rows = Path(results.value.path()).read_text().splitlines()
+    assert rows[0].startswith("step,epoch,train_loss") and len(rows) == len(metrics) + 1
 
 
 def test_playground_compares_a_checkpoint_with_its_base_model(
@@ -466,3 +471,30 @@ def tap_chart(page: Any, service: Service, job_id: str) -> str:
     page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] / 2)
     page.wait_for_selector("#chart-loss .chart-tooltip:not([hidden])")
     return str(page.inner_text("#chart-loss .chart-tooltip"))
+
+
+def test_page_helpers_parse_csv_smooth_and_split_stop_sequences(
+    page: Any, service: Service
+) -> None:
+    page.goto(f"{service.url}/")
+    result = page.evaluate(
+        """async () => {
+            const form = await import('/static/job-form.js');
+            const chart = await import('/static/chart.js');
+            const play = await import('/static/playground.js');
+            const lib = await import('/static/lib.js');
+            return {
+                csv: form.parseCsv('text,label\\r\\n"a, ""quoted""\\nline",pos\\nplain,neg\\n'),
+                smooth: chart.smooth([[1, 10], [2, 0], [3, 0]], 0.5),
+                stop: play.stopSequences('###|\\\\n|a|b|c'),
+                clock: [lib.clock(41), lib.clock(3725)],
+                lr: [lib.scientific(0.001), lib.scientific(0.00025), lib.scientific(0.1)],
+            };
+        }"""
+    )
+    assert result["csv"] == [["text", "label"], ['a, "quoted"\nline', "pos"], ["plain", "neg"]]
+    # Debiased: the first value is the first point, then 0.5-weighted averages of what came.
+    assert result["smooth"] == [[1, 10], [2, pytest.approx(10 / 3)], [3, pytest.approx(10 / 7)]]
+    assert result["stop"] == ["###", "\n", "a", "b"]  # at most four, \n is a newline
+    assert result["clock"] == ["0:41", "1:02:05"]
+    assert result["lr"] == ["1e-3", "2.5e-4", "0.1"]
