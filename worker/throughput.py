@@ -5,8 +5,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from shared.db.tables import Job, JobStatus
 from shared.db.session import session_scope
+from shared.db.tables import Job, JobStatus
 
 # The median of this many recent jobs: one slow outlier (a paused job) moves it little.
 RECENT_JOBS = 5

@@ -3,8 +3,8 @@
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.db.tables import Job
 from shared.db.session import session_scope
+from shared.db.tables import Job
 from tests.integration.conftest import upload
 
 CORPUS = b"".join(b'{"text": "line %d of a corpus about foxes and dogs"}\n' % i for i in range(40))
