@@ -2,6 +2,8 @@
 
 import contextlib
 import logging
+import time
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -9,6 +11,7 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 
 from api.errors import ApiError
+from api.slots import claim_slot, free_slot
 from shared.naming import (
     CLASSIFY_TASK,
     DRY_RUN_TASK,
@@ -82,8 +85,37 @@ def _unreachable(task: str, exc: Exception) -> ApiError:
     )
 
 
-def _ask_inference_worker(task: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+# A slot outlives its request's timeout by this much, then frees itself (a killed API).
+SLOT_GRACE_SECONDS = 30.0
+
+
+@contextlib.contextmanager
+def inference_slot(owner: str, timeout: float) -> Iterator[None]:
+    """Hold one of the owner's in-flight inference slots (shared by every API process)."""
+    slot = claim_slot(
+        "inflight_requests",
+        owner,
+        timeout + SLOT_GRACE_SECONDS,
+        "max_inflight_inference_per_owner",
+        "inference requests in flight",
+        "wait for one to answer",
+    )
+    try:
+        yield
+    finally:
+        free_slot(slot)
+
+
+def _ask_inference_worker(
+    task: str, owner: str, request: dict[str, Any], timeout: float
+) -> dict[str, Any]:
     """Send request as task to the inference queue and wait up to timeout for the answer."""
+    with inference_slot(owner, timeout):
+        # The worker stops at the deadline too: nobody reads an answer after it.
+        return _send_and_wait(task, {**request, "deadline": time.time() + timeout}, timeout)
+
+
+def _send_and_wait(task: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
     no_worker = ApiError(
         503,
         f"no inference worker answered within {timeout:g}s; is `gpt2ft worker` running?",
@@ -114,19 +146,21 @@ def _ask_inference_worker(task: str, request: dict[str, Any], timeout: float) ->
         log.warning("inference worker failed on %s: %r", task, answer)
         # The worker's exception text stays in the logs: it can quote paths and other input.
         raise ApiError(500, "the inference worker failed; see the worker log", type="server_error")
+    if (answer.get("error") or {}).get("code") == "deadline_exceeded":
+        raise no_worker
     return answer
 
 
-def run_completion(request: dict[str, Any], timeout: float) -> dict[str, Any]:
+def run_completion(owner: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Generated text for a /v1/completions request, from an inference worker."""
-    return _ask_inference_worker(GENERATE_TASK, request, timeout)
+    return _ask_inference_worker(GENERATE_TASK, owner, request, timeout)
 
 
-def run_classification(request: dict[str, Any], timeout: float) -> dict[str, Any]:
+def run_classification(owner: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Labels and probabilities for a /v1/classifications request, from an inference worker."""
-    return _ask_inference_worker(CLASSIFY_TASK, request, timeout)
+    return _ask_inference_worker(CLASSIFY_TASK, owner, request, timeout)
 
 
-def run_dry_run(request: dict[str, Any], timeout: float) -> dict[str, Any]:
+def run_dry_run(owner: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
     """A dry-run job's resolved plan (tokens, steps, memory), from an inference worker."""
-    return _ask_inference_worker(DRY_RUN_TASK, request, timeout)
+    return _ask_inference_worker(DRY_RUN_TASK, owner, request, timeout)

@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, le=100)
     # Completions wait this long for a worker before answering 503.
     completion_timeout_seconds: float = Field(default=120.0, gt=0)
+    # Inference requests one owner may have waiting at once, across every API process (429).
+    max_inflight_inference_per_owner: int = Field(default=4, ge=1)
+    # prompts x n x max_tokens of one completion request: minutes of CPU at most.
+    max_generated_tokens_per_request: int = Field(default=8192, ge=1)
+    # Event streams one owner may hold open at once (429), and how long a silent one lasts.
+    max_streams_per_owner: int = Field(default=8, ge=1)
+    stream_idle_seconds: float = Field(default=300.0, gt=0)
     # Loaded models kept per inference worker.
     inference_cache_size: int = Field(default=2, ge=1, le=32)
     # Per-owner quotas: more active jobs or stored bytes than this answers 429.

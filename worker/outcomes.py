@@ -22,6 +22,7 @@ from shared.jobs import (
     retry_db,
 )
 from shared.metrics_table import load_points, render_csv
+from shared.naming import RESULTS_PURPOSE
 from shared.settings import get_settings
 from shared.storage import Storage
 from worker.reporting import DbReporter, merge_stats
@@ -206,7 +207,7 @@ def _store_results(job: "JobSnapshot", storage: Storage) -> str:
                 id=file_id,
                 owner=job.owner,
                 filename=f"{job.id}_results.csv",
-                purpose="fine-tune-results",
+                purpose=RESULTS_PURPOSE,
                 bytes=len(data),
                 format="csv",
                 records=data.count(b"\n") - 1,

@@ -54,7 +54,7 @@ def create_classification(body: ClassificationCreate, owner: Owner) -> Classific
     texts = [body.input] if isinstance(body.input, str) else body.input
     location = model_location(owner, body.model)
     request = {"model": body.model, "location": location, "input": texts}
-    answer = run_classification(request, get_settings().completion_timeout_seconds)
+    answer = run_classification(owner, request, get_settings().completion_timeout_seconds)
     if "error" in answer:
         error = answer["error"] or {}
         raise ApiError(

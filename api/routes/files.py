@@ -7,10 +7,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from api.auth import Owner
-from api.errors import ApiError, not_found
+from api.deps import find_file, owned_file
+from api.errors import ApiError
 from api.limits import check_stored_bytes
 from api.pagination import cursor_row, newest_first
 from api.schemas import Deleted, FileOut, ListPage
@@ -19,12 +19,13 @@ from shared.datasets import DatasetError, detect_format, public_format, validate
 from shared.db.session import session_scope
 from shared.db.tables import TERMINAL_STATUSES, File, Job
 from shared.ids import new_sortable_id, now_ts
+from shared.naming import FINE_TUNE_PURPOSE
 from shared.settings import get_settings
 from shared.storage import get_storage
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/files", tags=["files"])
-PURPOSES = ("fine-tune",)
+PURPOSES = (FINE_TUNE_PURPOSE,)
 
 UPLOAD_BODY = {
     "requestBody": {
@@ -56,22 +57,6 @@ def file_out(row: File) -> FileOut:
         format=public_format(row.format),
         records=row.records,
     )
-
-
-def find_file(session: Session, owner: str, file_id: str) -> File | None:
-    """The caller's live file, or None (another owner's reads as missing)."""
-    row = session.get(File, file_id)
-    if row is None or row.owner != owner or row.deleted_at is not None:
-        return None
-    return row
-
-
-def owned_file(session: Session, owner: str, file_id: str, param: str | None = None) -> File:
-    """The caller's live file, or 404 naming it (another owner's reads as missing)."""
-    row = find_file(session, owner, file_id)
-    if row is None:
-        raise not_found("file", file_id, param=param)
-    return row
 
 
 def _store_upload(owner: str, upload: Upload) -> FileOut:

@@ -8,10 +8,12 @@ from shared.catalog import BaseModelEntry
 from shared.spec import (
     Hyperparameters,
     MethodOptions,
+    TrainingOptions,
     TrainingSpec,
     auto_batch_size,
     auto_block_size,
     auto_epochs,
+    part_of,
     resolve_learning_rate,
 )
 from worker.training.data import (
@@ -170,16 +172,6 @@ def plan_training(
     return Plan(spec, train_blocks, valid_blocks, train_tokens, summary)
 
 
-# Requested values the engine takes unchanged; resolve_spec works out the others.
-RESOLVED_FIELDS = {
-    "n_epochs", "batch_size", "learning_rate", "learning_rate_multiplier", "block_size",
-    "validation_split", "gradient_accumulation_steps",
-}  # fmt: skip
-VERBATIM_FIELDS = (set(Hyperparameters.model_fields) & set(TrainingSpec.model_fields)) - (
-    RESOLVED_FIELDS
-)
-
-
 def resolve_spec(
     hp: Hyperparameters,
     base: BaseModelEntry,
@@ -192,20 +184,21 @@ def resolve_spec(
     batch_size = auto_batch_size(n_train) if hp.batch_size == "auto" else hp.batch_size
     n_epochs = auto_epochs(n_train) if hp.n_epochs == "auto" else hp.n_epochs
     learning_rate, multiplier = resolve_learning_rate(hp, base.base_learning_rate)
-    return TrainingSpec(
-        model=base.name,
-        model_location=base.location,
-        n_epochs=n_epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        learning_rate_multiplier=multiplier,
-        block_size=block_size,
-        validation_split=validation_split,
-        seed=seed,
-        gradient_accumulation_steps=resolve_accumulation(hp, batch_size),
-        **hp.model_dump(include=VERBATIM_FIELDS),
-        probe_micro_batch=hp.batch_size == "auto" and hp.gradient_accumulation_steps == "auto",
-    )
+    resolved = {
+        "model": base.name,
+        "model_location": base.location,
+        "n_epochs": n_epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "learning_rate_multiplier": multiplier,
+        "block_size": block_size,
+        "validation_split": validation_split,
+        "seed": seed,
+        "gradient_accumulation_steps": resolve_accumulation(hp, batch_size),
+        "probe_micro_batch": hp.batch_size == "auto" and hp.gradient_accumulation_steps == "auto",
+    }
+    # TrainingOptions are the requested values the engine takes unchanged.
+    return TrainingSpec.model_validate({**part_of(TrainingOptions, hp).model_dump(), **resolved})
 
 
 def resolve_accumulation(hp: Hyperparameters, batch_size: int) -> int:
