@@ -200,6 +200,8 @@ async function renderDetails(job) {
     rows.push(fact("Memorization", `${percent(final.memorization_fraction, 1)} of ${final.memorization_samples} samples repeat 8 training tokens verbatim`, "memorization"));
   }
   if (final.early_stopped) rows.push(fact("Early stopped", `best step ${final.best_step}`, "early-stopped"));
+  const metadata = Object.entries(job.metadata || {});
+  if (metadata.length) rows.push(fact("Metadata", metadata.map(([k, v]) => `${k}: ${v}`).join(", "), "metadata"));
   rows.push(fact("Created", when(job.created_at), "created"), fact("Finished", when(job.finished_at), "finished"));
   if (state.job !== job) return;
   $("job-facts").replaceChildren(el("tbody", {}, rows));

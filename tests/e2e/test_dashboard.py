@@ -108,6 +108,7 @@ def trained(http: httpx.Client) -> dict[str, Any]:
         "sample_prompts": PROMPTS,
         "suffix": "jokes",
         "seed": 11,
+        "metadata": {"team": "nlp"},
     }
     created = http.post("/fine_tuning/jobs", json=body)
     assert created.status_code == 200, created.text
@@ -308,6 +309,7 @@ def test_job_page_shows_resolved_values_files_charts_samples_and_events(
     facts = page.locator("#job-facts")
     assert facts.locator("tr[data-fact=training-file] td").inner_text().startswith("jokes.txt")
     assert "split from the training file (10%)" in facts.inner_text()
+    assert facts.locator("tr[data-fact=metadata] td").inner_text() == "team: nlp"
 
     # Charts: every logged step, the learning rate and the accuracy.
     assert points_drawn(page, "#chart-loss polyline.series.train") == len(metrics)
