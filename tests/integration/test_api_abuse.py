@@ -14,6 +14,7 @@ from shared.db.session import session_scope
 from shared.db.tables import File, Job
 from shared.settings import get_settings
 from tests.integration.conftest import GOOD_JSONL, upload
+from tests.integration.test_api_files import stored_files as stored_objects
 
 JOBS = "/v1/fine_tuning/jobs"
 # %00 in a URL is a NUL character once decoded (httpx refuses a raw one).
@@ -53,8 +54,7 @@ def stored_files(owner: str) -> tuple[int, list[str]]:
     """(rows, files on disk): what a refused upload must not change."""
     with session_scope() as session:
         count = int(session.scalar(select(func.count()).where(File.owner == owner)) or 0)
-    disk = sorted(p.name for p in get_settings().storage_dir.rglob("*") if p.is_file())
-    return count, disk
+    return count, stored_objects()
 
 
 @pytest.mark.parametrize(("method", "path"), NUL_PATHS)
