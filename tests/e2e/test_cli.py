@@ -107,6 +107,15 @@ def test_watch_attached_to_a_running_job_starts_from_its_current_step(
             cwd=REPO,
         )
         time.sleep(6)
+        # The event stream ends when the job pauses: watch waits, then follows it again.
+        api.post(f"/fine_tuning/jobs/{job_id}/pause")
+        status = lambda: api.get(f"/fine_tuning/jobs/{job_id}").json()  # noqa: E731
+        wait_until(lambda: status()["status"] == "paused", 120, "the pause")
+        paused_at = status()["steps_completed"]
+        time.sleep(3)
+        api.post(f"/fine_tuning/jobs/{job_id}/resume")
+        wait_until(lambda: status()["steps_completed"] >= paused_at + 3, 120, "3 steps more")
+        time.sleep(3)
         api.post(f"/fine_tuning/jobs/{job_id}/cancel")
         out, err = watch.communicate(timeout=120)
     finally:
@@ -118,3 +127,5 @@ def test_watch_attached_to_a_running_job_starts_from_its_current_step(
     assert steps[0] >= attached_at, f"replayed old steps: {steps[:5]} (attached at {attached_at})"
     assert steps == sorted(steps) and steps[-1] > steps[0], steps
     assert "ETA" in out
+    assert f"{job_id} paused: waiting for" in out
+    assert steps[-1] > paused_at, f"nothing followed after the resume: {steps[-5:]}"
