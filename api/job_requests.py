@@ -64,7 +64,7 @@ def requested_hyperparameters(body: JobCreate) -> dict[str, Any]:
 
 
 def build_job(session: Session, owner: str, body: JobCreate) -> Job:
-    """A new job row in validating_files, after every check that needs no tokenizer."""
+    """A new job row, queued for a worker, after every check that needs no tokenizer."""
     hyperparameters = requested_hyperparameters(body)
     if find_base_model(body.model, get_settings().resolved_models_dir) is None:
         raise ApiError(
@@ -88,7 +88,7 @@ def build_job(session: Session, owner: str, body: JobCreate) -> Job:
         validation_file=body.validation_file,
         suffix=body.suffix or None,
         seed=seed,
-        status=JobStatus.validating_files.value,
+        status=JobStatus.queued,
         hyperparameters=hyperparameters,
         options=options,
         created_at=now,

@@ -1,7 +1,6 @@
 """The outcome of a claimed job, each recorded by its own handler (success, failure, ...)."""
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -18,13 +17,14 @@ from shared.jobs import (
     add_events,
     event_row,
     finish_job,
+    lock_job,
     release_job,
     retry_db,
 )
 from shared.metrics_table import load_points, render_csv
 from shared.settings import get_settings
 from shared.storage import Storage
-from worker.reporting import DbReporter, merge_stats
+from worker.reporting import DbReporter, finite, merge_stats
 from worker.training.callbacks import StopReason
 
 if TYPE_CHECKING:  # the engine imports torch; run_job imports this module
@@ -60,8 +60,8 @@ class TrainedRun:
 
 
 def handle_lease_lost(lease: Lease) -> Outcome:
-    """Another worker owns the job now: write nothing."""
-    log.warning("job %s: lease lost; another worker owns it now", lease.job_id)
+    """Another worker, or the user's pause or cancel, took the job: write nothing."""
+    log.warning("job %s: lease lost; the job is not this worker's any more", lease.job_id)
     return Outcome.lease_lost
 
 
@@ -102,16 +102,22 @@ def land(run: TrainedRun, what: str, write: Callable[[Session], Outcome]) -> Out
 
 
 def handle_success(run: TrainedRun) -> Outcome:
-    """succeeded: the results file, the model row and the closing event together."""
+    """succeeded: the results file, the model row and the closing event together.
+
+    A cancel the user asked for after the last step still wins (no model is published);
+    a pause that late has nothing left to pause.
+    """
     job, result, heartbeat = run.job, run.result, run.reporter.heartbeat
-    results_id = retry_db(
-        lambda: _store_results(job, run.storage),
-        f"job {job.id}: storing results",
+    results = retry_db(
+        lambda: _write_results(job, run.storage),
+        f"job {job.id}: writing results",
         heartbeat.lease_seconds,
         heartbeat.lost,
     )
 
     def write(session: Session) -> Outcome:
+        if lock_job(session, run.lease).cancel:
+            return _write_cancelled(session, run)
         finish_job(
             session,
             run.lease,
@@ -120,11 +126,13 @@ def handle_success(run: TrainedRun) -> Outcome:
             trained_tokens=result.trained_tokens,
             steps_completed=result.step,
             estimated_finish=None,
+            pause_requested=False,
         )
+        session.add(File(**results))
         merge_stats(
             session,
             job.id,
-            {"result_files": [results_id], "final_metrics": finite(result.final_metrics)},
+            {"result_files": [results["id"]], "final_metrics": finite(result.final_metrics)},
         )
         session.add(
             FineTunedModel(
@@ -139,45 +147,52 @@ def handle_success(run: TrainedRun) -> Outcome:
         add_events(session, [event_row(job.id, "The job has successfully completed")])
         return Outcome.succeeded
 
-    return land(run, "recording success", write)
+    outcome = None
+    try:
+        outcome = land(run, "recording success", write)
+    finally:
+        if outcome is not Outcome.succeeded:
+            run.storage.file_path(results["id"]).unlink(missing_ok=True)
+    return outcome
 
 
 def handle_cancel(run: TrainedRun) -> Outcome:
     """cancelled, at the step the engine stopped."""
-
-    def write(session: Session) -> Outcome:
-        finish_job(session, run.lease, JobStatus.cancelled, cancel_requested=False)
-        add_events(session, [event_row(run.job.id, f"Job cancelled at step {run.result.step}")])
-        return Outcome.cancelled
-
-    return land(run, "recording the cancel", write)
+    return land(run, "recording the cancel", lambda session: _write_cancelled(session, run))
 
 
 def handle_pause(run: TrainedRun) -> Outcome:
-    """paused, after the engine's checkpoint; the attempt is refunded."""
+    """paused after the engine's checkpoint, attempt refunded; unless a cancel came since."""
 
     def write(session: Session) -> Outcome:
-        release_job(
-            session, run.lease, JobStatus.paused, refund_attempt=True, pause_requested=False
-        )
-        add_events(session, [event_row(run.job.id, f"Job paused at step {run.result.step}")])
-        return Outcome.paused
+        if lock_job(session, run.lease).cancel:
+            return _write_cancelled(session, run)
+        return _write_paused(session, run)
 
     return land(run, "recording the pause", write)
 
 
 def handle_shutdown(run: TrainedRun) -> Outcome:
-    """queued again after the engine's checkpoint (SIGTERM), attempt refunded; then re-sent."""
+    """queued again after the engine's checkpoint (SIGTERM), attempt refunded, and re-sent.
+
+    The user's cancel or pause, if one came meanwhile, is what gets recorded instead.
+    """
     from worker.dispatch import send_job
 
     def write(session: Session) -> Outcome:
+        requests = lock_job(session, run.lease)
+        if requests.cancel:
+            return _write_cancelled(session, run)
+        if requests.pause:
+            return _write_paused(session, run)
         release_job(session, run.lease, JobStatus.queued, refund_attempt=True)
         message = f"Worker shutting down: checkpointed at step {run.result.step}; job requeued"
         add_events(session, [event_row(run.job.id, message)])
         return Outcome.requeued
 
     outcome = land(run, "requeueing", write)
-    send_job(run.job.id)
+    if outcome is Outcome.requeued:
+        send_job(run.job.id)
     return outcome
 
 
@@ -190,8 +205,20 @@ OUTCOME_HANDLERS: dict[StopReason | None, Callable[[TrainedRun], Outcome]] = {
 }
 
 
-def _store_results(job: "JobSnapshot", storage: Storage) -> str:
-    """The job's metrics CSV as a fine-tune-results file owned by the job's owner."""
+def _write_cancelled(session: Session, run: TrainedRun) -> Outcome:
+    finish_job(session, run.lease, JobStatus.cancelled)
+    add_events(session, [event_row(run.job.id, f"Job cancelled at step {run.result.step}")])
+    return Outcome.cancelled
+
+
+def _write_paused(session: Session, run: TrainedRun) -> Outcome:
+    release_job(session, run.lease, JobStatus.paused, refund_attempt=True, pause_requested=False)
+    add_events(session, [event_row(run.job.id, f"Job paused at step {run.result.step}")])
+    return Outcome.paused
+
+
+def _write_results(job: "JobSnapshot", storage: Storage) -> dict[str, Any]:
+    """The job's metrics CSV written to storage; returns its File row's values."""
     with session_scope() as session:
         data = render_csv(load_points(session, job.id)).encode()
     file_id = new_sortable_id("file")
@@ -200,22 +227,13 @@ def _store_results(job: "JobSnapshot", storage: Storage) -> str:
     tmp = storage.tmp_dir() / f"{file_id}.csv"
     tmp.write_bytes(data)
     tmp.rename(path)
-    with session_scope() as session:
-        session.add(
-            File(
-                id=file_id,
-                owner=job.owner,
-                filename=f"{job.id}_results.csv",
-                purpose="fine-tune-results",
-                bytes=len(data),
-                format="csv",
-                records=data.count(b"\n") - 1,
-                created_at=now_ts(),
-            )
-        )
-    return file_id
-
-
-def finite(values: dict[str, Any]) -> dict[str, Any]:
-    """values without NaN or infinite floats, which JSON columns refuse."""
-    return {k: v for k, v in values.items() if not (isinstance(v, float) and not math.isfinite(v))}
+    return {
+        "id": file_id,
+        "owner": job.owner,
+        "filename": f"{job.id}_results.csv",
+        "purpose": "fine-tune-results",
+        "bytes": len(data),
+        "format": "csv",
+        "records": data.count(b"\n") - 1,
+        "created_at": now_ts(),
+    }

@@ -36,7 +36,7 @@ def find_job(session: Session, owner: str, job_id: str) -> Job:
 
 @router.post("", response_model=JobOut, operation_id="createJob", summary="Create a job")
 def create_job(body: JobCreate, owner: Owner) -> Any:
-    """Store the job (validating_files), commit, then wake a training worker.
+    """Store the job (queued), commit, then wake a training worker.
 
     With dry_run the job is checked and planned by a worker but never stored or queued.
     """
