@@ -11,6 +11,7 @@ from api.errors import ApiError, validation_error
 from api.job_methods import method_options
 from api.job_tasks import task_options
 from api.limits import check_active_jobs
+from api.locks import lock_files
 from api.routes.files import owned_file
 from api.schemas import JobCreate
 from shared.catalog import find_base_model
@@ -73,10 +74,14 @@ def build_job(session: Session, owner: str, body: JobCreate) -> Job:
             param="model",
             code="model_not_found",
         )
+    if not body.dry_run:
+        # Until this job is committed, a delete of its files waits (and then sees the job).
+        lock_files(session, [body.training_file, body.validation_file])
     owned_file(session, owner, body.training_file, "training_file")
     if body.validation_file is not None:
         owned_file(session, owner, body.validation_file, "validation_file")
-    check_active_jobs(session, owner)
+    if not body.dry_run:  # a dry run stores nothing, so it takes no place in the quota
+        check_active_jobs(session, owner)
     options = {**task_options(session, body), **method_options(body)}
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     now = now_ts()

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from api.auth import Owner
 from api.errors import ApiError, not_found
 from api.limits import check_stored_bytes
+from api.locks import lock_files
 from api.pagination import cursor_row, newest_first
 from api.schemas import Deleted, FileOut, ListPage
 from api.uploads import Upload, receive_upload
@@ -188,6 +189,7 @@ def download_file(file_id: str, owner: Owner) -> FileResponse:
 def delete_file(file_id: str, owner: Owner) -> Deleted:
     """Forget the file and remove its bytes; refused while an unfinished job uses it."""
     with session_scope() as session:
+        lock_files(session, [file_id])  # a job create naming it finishes first, or waits
         row = owned_file(session, owner, file_id)
         user = session.scalars(
             select(Job.id).where(
