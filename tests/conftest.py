@@ -4,6 +4,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -14,6 +15,20 @@ REPO = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get(
     "GPT2FT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+
+
+def services_required() -> bool:
+    """True in CI (CI set) or with GPT2FT_REQUIRE_SERVICES=1: missing services fail tests."""
+    unset = ("", "0", "false", "no")
+    ci = os.environ.get("CI", "").strip().lower() not in unset
+    return ci or os.environ.get("GPT2FT_REQUIRE_SERVICES", "").strip() == "1"
+
+
+def missing_service(reason: str) -> NoReturn:
+    """Skip saying why; in CI (see services_required) fail instead, so nothing passes unseen."""
+    if services_required():
+        pytest.fail(f"{reason} (a failure, not a skip: CI or GPT2FT_REQUIRE_SERVICES=1 is set)")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +61,7 @@ def postgres_available() -> str | None:
 
         with psycopg.connect(POSTGRES_URL.replace("+psycopg", ""), connect_timeout=3):
             return None
-    except Exception as exc:  # any failure means: skip Postgres tests, saying why
+    except Exception as exc:  # any failure means: no Postgres tests here, saying why
         return f"Postgres not reachable at {POSTGRES_URL}: {exc}"
 
 
@@ -55,7 +70,7 @@ def postgres_database() -> Iterator[str]:
     """A fresh, empty Postgres database for one test; dropped afterwards."""
     reason = postgres_available()
     if reason:
-        pytest.skip(reason)
+        missing_service(reason)
     import psycopg
 
     admin_url = POSTGRES_URL.replace("+psycopg", "")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import missing_service
 from tests.e2e.conftest import REPO, Service
 from tests.e2e.corpus import corpus_text
 
@@ -30,11 +31,11 @@ SCREENSHOT = REPO / "test-artifacts" / "dashboard.png"
 def page(tmp_path: Path) -> Iterator:
     """A page in a fresh Chromium profile; JavaScript errors fail the test."""
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
+        missing_service(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("playwright is not installed: pip install -r requirements/dev.txt")
+        missing_service("playwright is not installed: pip install -r requirements/dev.txt")
     errors: list[str] = []
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import missing_service
+
 REPO = Path(__file__).resolve().parents[2]
 REQUIREMENTS = REPO / "requirements"
 TORCH_PACKAGES = {"torch", "transformers", "tokenizers", "accelerate", "peft", "safetensors"}
@@ -180,10 +182,10 @@ def test_every_requirement_is_pinned_in_the_constraints_file() -> None:
 def test_docker_compose_config_is_valid() -> None:
     docker = shutil.which("docker")
     if docker is None:
-        pytest.skip("docker client not installed: compose file checked by the tests above only")
+        missing_service("docker client not installed: compose file checked by the tests above only")
     probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True)
     if probe.returncode != 0:
-        pytest.skip("the docker compose plugin is not installed here")
+        missing_service("the docker compose plugin is not installed here")
     result = subprocess.run(
         [docker, "compose", "-f", str(REPO / "docker-compose.yml"), "config", "-q"],
         capture_output=True,
