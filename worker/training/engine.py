@@ -62,8 +62,10 @@ def micro_batches(batch: Any, accumulation: int) -> list[dict[str, torch.Tensor]
     ]
 
 
-def optimizer_step(run: Run, batch: Any, spec: TrainingSpec) -> tuple[torch.Tensor, float, Any]:
-    """Accumulated forward/backward passes, one update; (unsynced) loss, LR, accuracy counts."""
+def optimizer_step(
+    run: Run, batch: Any, spec: TrainingSpec
+) -> tuple[torch.Tensor, float, Any, torch.Tensor]:
+    """Accumulated passes, one update; (unsynced) loss, LR, accuracy counts, gradient norm."""
     pieces = micro_batches(batch, spec.gradient_accumulation_steps)
     # Each piece's mean loss is weighted by its share of predicted tokens: the accumulated
     # gradient then equals the whole batch's, even when the pieces differ in size.
@@ -82,13 +84,14 @@ def optimizer_step(run: Run, batch: Any, spec: TrainingSpec) -> tuple[torch.Tens
     loss = loss_sum
     run.scaler.unscale_(run.optimizer)
     trainable = [p for p in run.model.parameters() if p.requires_grad]
-    torch.nn.utils.clip_grad_norm_(trainable, spec.max_grad_norm)
+    # The norm before clipping (unscaled); inf or nan on an fp16 step the scaler skips.
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, spec.max_grad_norm)
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
     learning_rate = float(run.scheduler.get_last_lr()[0])
     run.scheduler.step()
-    return loss.detach(), learning_rate, (correct_sum, total)
+    return loss.detach(), learning_rate, (correct_sum, total), grad_norm.detach()
 
 
 @torch.no_grad()
@@ -362,7 +365,7 @@ def train(
             start = progress.step_in_epoch * batch_size
             index = order[start : start + batch_size]
             batch = data.batch(index, run.device)
-            loss, learning_rate, accuracy = optimizer_step(run, batch, spec)
+            loss, learning_rate, accuracy, grad_norm = optimizer_step(run, batch, spec)
             window.append(loss)
             accuracy_window.append(accuracy)
             progress.step_in_epoch += 1
@@ -378,6 +381,9 @@ def train(
                     "learning_rate": learning_rate,
                     "tokens_seen": progress.tokens_seen,
                 }
+                norm = float(grad_norm)  # the logged step's own norm, as Trainer logs it
+                if math.isfinite(norm):  # JSON columns refuse inf and nan
+                    log["grad_norm"] = norm
                 callbacks.on_log(progress.global_step, log)
             early = after_step(
                 run, spec, valid_blocks, callbacks, checkpoints_dir, window, steps_per_epoch
