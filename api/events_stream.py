@@ -9,8 +9,8 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from api.job_views import event_out
-from shared.db.models import TERMINAL_STATUSES, Job, JobEvent
 from shared.db.session import session_scope
+from shared.db.tables import TERMINAL_STATUSES, Job, JobEvent
 
 # How often the stream looks for new rows; each look is one short session.
 POLL_SECONDS = 0.5

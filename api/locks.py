@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from shared.db.models import ApiKey, File
+from shared.db.tables import ApiKey, File
 
 # The advisory lock space of per-owner quota locks (any constant other code does not use).
 _OWNER_LOCKS = 0x67707432  # "gpt2"

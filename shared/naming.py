@@ -5,7 +5,7 @@ import re
 TRAIN_TASK = "gpt2ft.run_job"
 GENERATE_TASK = "gpt2ft.generate"
 # A dry run's plan: tokenization needs a worker, so it rides the inference queue.
-PLAN_TASK = "gpt2ft.plan"
+DRY_RUN_TASK = "gpt2ft.plan"
 # Labels from a fine-tuned classifier (/v1/classifications); also the inference queue.
 CLASSIFY_TASK = "gpt2ft.classify"
 TRAINING_QUEUE = "training"

@@ -5,7 +5,7 @@ from functools import lru_cache
 from celery import Celery, signals
 
 from shared.logging_setup import configure_logging
-from shared.naming import GENERATE_TASK, INFERENCE_QUEUE, PLAN_TASK, TRAIN_TASK, TRAINING_QUEUE
+from shared.naming import DRY_RUN_TASK, GENERATE_TASK, INFERENCE_QUEUE, TRAIN_TASK, TRAINING_QUEUE
 from shared.settings import get_settings
 
 
@@ -34,7 +34,7 @@ def make_celery(redis_url: str | None = None) -> Celery:
         task_routes={
             TRAIN_TASK: {"queue": TRAINING_QUEUE},
             GENERATE_TASK: {"queue": INFERENCE_QUEUE},
-            PLAN_TASK: {"queue": INFERENCE_QUEUE},
+            DRY_RUN_TASK: {"queue": INFERENCE_QUEUE},
         },
         task_default_queue=TRAINING_QUEUE,
         broker_connection_retry_on_startup=True,

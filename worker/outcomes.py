@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
-from shared.db.models import File, FineTunedModel, JobStatus
 from shared.db.session import session_scope
+from shared.db.tables import File, FineTunedModel, JobStatus
 from shared.ids import new_sortable_id, now_ts
 from shared.jobs import (
     Lease,

@@ -18,8 +18,8 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from shared.db.models import TERMINAL_STATUSES, File, Job
 from shared.db.session import session_scope
+from shared.db.tables import TERMINAL_STATUSES, File, Job
 from tests.e2e.conftest import free_port, wait_until
 from tests.integration.conftest import GOOD_JSONL
 

@@ -12,8 +12,8 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from shared.db.models import File, FineTunedModel, Job, JobEvent, JobStatus
 from shared.db.session import session_scope
+from shared.db.tables import File, FineTunedModel, Job, JobEvent, JobStatus
 from shared.naming import TRAINING_QUEUE
 from tests.integration.conftest import GOOD_JSONL, upload
 from worker import run_job as run_job_module

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from worker.training.data import tokenize_records
-from worker.training.models import _load_kwargs, load_tokenizer, model_load_kwargs
-from worker.training.tasks import IGNORE, Examples, pad_left
+from worker.training.examples import IGNORE, Examples, pad_left
+from worker.training.model_loading import _load_kwargs, load_tokenizer, model_load_kwargs
 
 _cache: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
 _cache_lock = threading.Lock()

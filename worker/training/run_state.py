@@ -15,7 +15,7 @@ from worker.training.checkpoints import (
     restore_rng_state,
 )
 from worker.training.classify import load_for_task
-from worker.training.models import load_tokenizer
+from worker.training.model_loading import load_tokenizer
 from worker.training.probe import accumulation_for, probe_micro_batch
 from worker.training.results import BestState
 from worker.training.schedules import lr_multiplier, warmup_steps_for
