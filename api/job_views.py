@@ -69,6 +69,7 @@ def job_out(job: Job) -> JobOut:
         validation_file=job.validation_file,
         estimated_finish=job.estimated_finish,
         user_provided_suffix=job.suffix,
+        metadata=job.job_metadata,
         method=MethodOut(supervised={"hyperparameters": hyperparameters}),
         steps_completed=job.steps_completed or 0,
         total_steps=job.total_steps,

@@ -3,16 +3,15 @@
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
-import redis
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 
 from api.errors import ApiError
+from api.slots import claim_slot, free_slot
 from shared.naming import (
     CLASSIFY_TASK,
     DRY_RUN_TASK,
@@ -86,49 +85,25 @@ def _unreachable(task: str, exc: Exception) -> ApiError:
     )
 
 
-# Drop expired slots, then take one if the owner holds fewer than the limit (atomic in Redis).
-_TAKE_SLOT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-return 1
-"""
-# A slot outlives its request's timeout by this much: an API process killed mid-request
-# frees its slots then, not never.
+# A slot outlives its request's timeout by this much, then frees itself (a killed API).
 SLOT_GRACE_SECONDS = 30.0
-
-
-@lru_cache(maxsize=4)
-def _redis(redis_url: str) -> redis.Redis:
-    return redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
 
 
 @contextlib.contextmanager
 def inference_slot(owner: str, timeout: float) -> Iterator[None]:
     """Hold one of the owner's in-flight inference slots (shared by every API process)."""
-    settings = get_settings()
-    limit = settings.max_inflight_inference_per_owner
-    client, key, token = _redis(settings.redis_url), f"gpt2ft:inflight:{owner}", uuid.uuid4().hex
-    now, ttl = time.time(), timeout + SLOT_GRACE_SECONDS
-    try:
-        taken = client.eval(_TAKE_SLOT, 1, key, now, limit, now + ttl, token, int(ttl) + 1)
-    except redis.RedisError as exc:
-        raise _unreachable("an inference slot", exc) from None
-    if not taken:
-        raise ApiError(
-            429,
-            f"you have {limit} inference requests in flight, the most allowed per owner "
-            "(max_inflight_inference_per_owner); wait for one to answer",
-            type="rate_limit_error",
-            code="too_many_inflight_requests",
-            headers={"Retry-After": "1"},
-        )
+    slot = claim_slot(
+        "inflight_requests",
+        owner,
+        timeout + SLOT_GRACE_SECONDS,
+        "max_inflight_inference_per_owner",
+        "inference requests in flight",
+        "wait for one to answer",
+    )
     try:
         yield
     finally:
-        with contextlib.suppress(redis.RedisError):
-            client.zrem(key, token)
+        free_slot(slot)
 
 
 def _ask_inference_worker(

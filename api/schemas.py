@@ -62,6 +62,13 @@ class MethodIn(BaseModel):
     supervised: SupervisedIn | None = None
 
 
+# OpenAI's limits: 16 pairs, keys of 64 characters, values of 512.
+Metadata = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
+    Field(max_length=16, description="Up to 16 key-value pairs, stored with the job"),
+]
+
+
 JOB_EXAMPLE: dict[str, Any] = {
     "model": "gpt2-tiny",
     "training_file": "file-abc123",
@@ -86,8 +93,9 @@ class OpenAIJobCreate(BaseModel):
     suffix: Annotated[str, Field(max_length=40, pattern=r"^[A-Za-z0-9_-]*$")] | None = None
     seed: Seed | None = None
     method: MethodIn | None = None
+    # Refused when given: gpt2ft has no integrations (a 400 naming the field, not a silent drop).
     integrations: list[Any] | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
 
 
 class JobCreate(ExtensionHyperparameters, JobOptions, OpenAIJobCreate):

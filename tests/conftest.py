@@ -4,31 +4,19 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
 from shared.settings import get_settings
 from shared.tokenizer_files import fetch_tokenizer_files
+from tests.services import missing_service
 
+# s3_server / s3_env: a real S3 server (SeaweedFS) for the storage tests.
+pytest_plugins = ["tests.s3server"]
 REPO = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get(
     "GPT2FT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-
-
-def services_required() -> bool:
-    """True in CI (CI set) or with GPT2FT_REQUIRE_SERVICES=1: missing services fail tests."""
-    unset = ("", "0", "false", "no")
-    ci = os.environ.get("CI", "").strip().lower() not in unset
-    return ci or os.environ.get("GPT2FT_REQUIRE_SERVICES", "").strip() == "1"
-
-
-def missing_service(reason: str) -> NoReturn:
-    """Skip saying why; in CI (see services_required) fail instead, so nothing passes unseen."""
-    if services_required():
-        pytest.fail(f"{reason} (a failure, not a skip: CI or GPT2FT_REQUIRE_SERVICES=1 is set)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ def _json_logs(**_: object) -> None:
 
 
 def make_celery(redis_url: str | None = None) -> Celery:
-    """A Celery app configured for hours-long tasks on the Redis broker (RELIABILITY.md)."""
+    """A Celery app configured for hours-long tasks on the Redis broker (docs/reliability.md)."""
     url = redis_url or get_settings().redis_url
     app = Celery("gpt2ft", broker=url, backend=url, include=["worker.tasks"])
     app.conf.update(

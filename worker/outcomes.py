@@ -4,13 +4,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
 from shared.db.session import session_scope
 from shared.db.tables import File, FineTunedModel, JobStatus
-from shared.ids import new_sortable_id, now_ts
+from shared.ids import now_ts
 from shared.jobs import (
     Lease,
     LeaseLost,
@@ -22,8 +23,10 @@ from shared.jobs import (
     retry_db,
 )
 from shared.metrics_table import load_points, render_csv
+from shared.naming import RESULTS_PURPOSE
 from shared.settings import get_settings
-from shared.storage import Storage
+from shared.storage import Manifest, Storage, model_prefix
+from worker.publishing import discard_unless_visible, publish, stage, stage_results
 from worker.reporting import DbReporter, finite, merge_stats
 from worker.training.callbacks import StopReason
 
@@ -57,6 +60,7 @@ class TrainedRun:
     reporter: DbReporter
     ft_id: str
     storage: Storage
+    work: Path  # the attempt's scratch folder: the engine's checkpoints and final model
 
 
 def handle_lease_lost(lease: Lease) -> Outcome:
@@ -102,15 +106,15 @@ def land(run: TrainedRun, what: str, write: Callable[[Session], Outcome]) -> Out
 
 
 def handle_success(run: TrainedRun) -> Outcome:
-    """succeeded: the results file, the model row and the closing event together.
+    """succeeded: the model and results published, their rows and the closing event together.
 
-    A cancel the user asked for after the last step still wins (no model is published);
-    a pause that late has nothing left to pause.
+    A cancel the user asked for after the last step still wins (nothing is published); a
+    pause that late has nothing left to pause.
     """
     job, result, heartbeat = run.job, run.result, run.reporter.heartbeat
-    results = retry_db(
-        lambda: _write_results(job, run.storage),
-        f"job {job.id}: writing results",
+    model, results = retry_db(
+        lambda: _stage_outputs(run),
+        f"job {job.id}: storing the model and results",
         heartbeat.lease_seconds,
         heartbeat.lost,
     )
@@ -118,6 +122,11 @@ def handle_success(run: TrainedRun) -> Outcome:
     def write(session: Session) -> Outcome:
         if lock_job(session, run.lease).cancel:
             return _write_cancelled(session, run)
+        # Fenced like every write here, and before finish_job, which gives the lease up.
+        published = publish(session, run.lease, run.storage, model)
+        results_id = _add_results_file(
+            session, job, publish(session, run.lease, run.storage, results)
+        )
         finish_job(
             session,
             run.lease,
@@ -128,11 +137,10 @@ def handle_success(run: TrainedRun) -> Outcome:
             estimated_finish=None,
             pause_requested=False,
         )
-        session.add(File(**results))
         merge_stats(
             session,
             job.id,
-            {"result_files": [results["id"]], "final_metrics": finite(result.final_metrics)},
+            {"result_files": [results_id], "final_metrics": finite(result.final_metrics)},
         )
         session.add(
             FineTunedModel(
@@ -141,19 +149,17 @@ def handle_success(run: TrainedRun) -> Outcome:
                 job_id=job.id,
                 base_model=job.model,
                 created_at=now_ts(),
-                path=run.storage.relative(run.storage.model_dir(job.id)),
+                path=published.prefix,
             )
         )
         add_events(session, [event_row(job.id, "The job has successfully completed")])
         return Outcome.succeeded
 
-    outcome = None
     try:
-        outcome = land(run, "recording success", write)
+        return land(run, "recording success", write)
     finally:
-        if outcome is not Outcome.succeeded:
-            run.storage.file_path(results["id"]).unlink(missing_ok=True)
-    return outcome
+        for staged in (model, results):
+            discard_unless_visible(run.storage, staged)
 
 
 def handle_cancel(run: TrainedRun) -> Outcome:
@@ -217,23 +223,36 @@ def _write_paused(session: Session, run: TrainedRun) -> Outcome:
     return Outcome.paused
 
 
-def _write_results(job: "JobSnapshot", storage: Storage) -> dict[str, Any]:
-    """The job's metrics CSV written to storage; returns its File row's values."""
+def _stage_outputs(run: TrainedRun) -> tuple[Manifest, Manifest]:
+    """Upload the final model and the metrics CSV; both become visible with the outcome."""
+    job, storage = run.job, run.storage
+    assert run.result.model_dir is not None  # a completed run saved its model
+    model = stage(
+        storage, run.lease, model_prefix(job.id), run.result.model_dir, {"model": run.ft_id}
+    )
     with session_scope() as session:
         data = render_csv(load_points(session, job.id)).encode()
-    file_id = new_sortable_id("file")
-    path = storage.file_path(file_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = storage.tmp_dir() / f"{file_id}.csv"
-    tmp.write_bytes(data)
-    tmp.rename(path)
-    return {
-        "id": file_id,
-        "owner": job.owner,
-        "filename": f"{job.id}_results.csv",
-        "purpose": "fine-tune-results",
-        "bytes": len(data),
-        "format": "csv",
-        "records": data.count(b"\n") - 1,
-        "created_at": now_ts(),
-    }
+    csv = run.work / "results.csv"
+    csv.write_bytes(data)
+    records = data.count(b"\n") - 1
+    results = stage_results(storage, run.lease, csv, f"{job.id}_results.csv", records)
+    return model, results
+
+
+def _add_results_file(session: Session, job: "JobSnapshot", results: Manifest) -> str:
+    """The results file row, once (an earlier attempt may have published the manifest)."""
+    file_id = str(results.info["file_id"])
+    if session.get(File, file_id) is None:
+        session.add(
+            File(
+                id=file_id,
+                owner=job.owner,
+                filename=results.info["filename"],
+                purpose=RESULTS_PURPOSE,
+                bytes=results.total_bytes,
+                format="csv",
+                records=results.info["records"],
+                created_at=now_ts(),
+            )
+        )
+    return file_id

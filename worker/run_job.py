@@ -2,11 +2,13 @@
 
 import logging
 import os
+import shutil
 import socket
 import time
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.catalog import find_base_model
@@ -27,7 +29,7 @@ from shared.logging_setup import job_logging
 from shared.naming import fine_tuned_model_id
 from shared.settings import Settings, get_settings
 from shared.spec import Hyperparameters, JobOptions, MethodOptions, part_of
-from shared.storage import Storage, get_storage
+from shared.storage import Storage, StorageError, file_key, get_storage, job_prefix
 from worker.heartbeat import Heartbeat
 from worker.outcomes import (
     OUTCOME_HANDLERS,
@@ -36,6 +38,7 @@ from worker.outcomes import (
     handle_failure,
     handle_lease_lost,
 )
+from worker.publishing import job_scratch, restore_checkpoints
 from worker.reporting import DbReporter, merge_stats
 from worker.training.callbacks import StopReason
 
@@ -103,8 +106,9 @@ def run_job(job_id: str, worker_id: str) -> Outcome:
         job_logging(job_id),
         Heartbeat(lease, settings.lease_seconds, settings.heartbeat_seconds) as heartbeat,
     ):
+        work = job_scratch(storage, lease)
         try:
-            run = _train_claimed(lease, heartbeat, settings, storage)
+            run = _train_claimed(lease, heartbeat, settings, storage, work)
             return OUTCOME_HANDLERS[run.result.stopped](run)
         except LeaseLost:
             return handle_lease_lost(lease)
@@ -118,6 +122,8 @@ def run_job(job_id: str, worker_id: str) -> Outcome:
             log.exception("job %s: failed", job_id)
             error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
             return handle_failure(lease, {**error, "param": None})
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _snapshot(job_id: str) -> JobSnapshot:
@@ -146,8 +152,8 @@ def _read_file(
     if fmt is None:
         raise JobFailure("invalid_file", f"{param} {file_id} no longer exists", param)
     try:
-        return read_records(storage.file_path(file_id), fmt), fmt
-    except DatasetError as exc:
+        return read_records(storage.fetch_file(file_key(file_id)), fmt), fmt
+    except (DatasetError, StorageError) as exc:
         raise JobFailure("invalid_file", f"{param} {file_id}: {exc}", param) from None
 
 
@@ -191,52 +197,55 @@ def prepare(
 
 
 def _train_claimed(
-    lease: Lease, heartbeat: Heartbeat, settings: Settings, storage: Storage
+    lease: Lease, heartbeat: Heartbeat, settings: Settings, storage: Storage, work: Path
 ) -> TrainedRun:
-    """Validate, plan and train; the engine's result goes to its outcome handler."""
-    from worker.training.checkpoints import latest_checkpoint, remove_partial_checkpoints
+    """Validate, plan and train in the attempt's scratch folder work; resume from the store."""
     from worker.training.engine import train
 
     job = _snapshot(lease.job_id)
     record(lease, [f"Validating training file: {job.training_file}"])
     plan = prepare(job, settings, storage)
     total_steps = plan.summary["total_steps"]
-    checkpoints_dir = storage.checkpoints_dir(job.id)
-    remove_partial_checkpoints(checkpoints_dir)
-    resume_from = latest_checkpoint(checkpoints_dir)
+    record(
+        lease,
+        [f"Files validated. {plan.message()}. {method_message(plan.summary)}"],
+        stats=plan_stats(plan.summary),
+        resolved=plan.spec.shown(),
+        total_steps=total_steps,
+    )
+    # Uploads of crashed or fenced-off attempts that never got a manifest (right after a
+    # fenced write: a worker the user's pause or cancel fenced out stops before this).
+    storage.remove_unpublished(job_prefix(job.id))
+    checkpoints_dir = work / "checkpoints"
+    resume_from, best = restore_checkpoints(storage, job.id, checkpoints_dir)
     started = (
         f"Resumed from step {int(resume_from.name.split('-')[-1])} (attempt {lease.attempt})"
         if resume_from
         else "Job started"
     )
-    record(
-        lease,
-        [f"Files validated. {plan.message()}. {method_message(plan.summary)}", started],
-        stats=plan_stats(plan.summary),
-        status=JobStatus.running,
-        resolved=plan.spec.shown(),
-        total_steps=total_steps,
-        # A resumed job keeps its first start: job duration counts from there.
-        **({} if resume_from else {"started_at": time.time()}),
-    )
+    running: dict[str, Any] = {"status": JobStatus.running}
+    if resume_from is None:  # a resumed job keeps its first start: its duration counts from there
+        running["started_at"] = time.time()
+    record(lease, [started], **running)
     ft_id = fine_tuned_model_id(job.model, job.owner, job.suffix, job.id)
     reporter = DbReporter(
         lease, heartbeat, storage, ft_id, total_steps, settings.metrics_flush_seconds
     )
+    reporter.best_checkpoint = best
     assert plan.train_examples is not None and plan.valid_examples is not None  # __post_init__
     result = train(
         plan.spec,
         plan.train_examples,
         plan.valid_examples,
         checkpoints_dir,
-        storage.model_dir(job.id),
+        work / "model",
         reporter,
         resume_from=resume_from,
     )
     if result.stopped is StopReason.lease_lost:
         raise LeaseLost(f"job {job.id}: lease lost during training")
     reporter.flush()
-    return TrainedRun(lease, job, result, reporter, ft_id, storage)
+    return TrainedRun(lease, job, result, reporter, ft_id, storage, work)
 
 
 def method_message(summary: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import missing_service
+from tests.services import missing_service
 
 REPO = Path(__file__).resolve().parents[2]
 GPT2FT = str(Path(sys.executable).with_name("gpt2ft"))

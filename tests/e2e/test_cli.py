@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import missing_service
 from tests.e2e.conftest import (
     GPT2FT,
     REPO,
@@ -20,6 +19,7 @@ from tests.e2e.conftest import (
     wait_until,
 )
 from tests.e2e.corpus import corpus_text
+from tests.services import missing_service
 
 pytestmark = pytest.mark.e2e
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import missing_service
 from tests.e2e.conftest import REPO, Service
 from tests.e2e.corpus import corpus_text
+from tests.services import missing_service
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = Path("/usr/bin/chromium")

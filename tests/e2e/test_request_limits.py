@@ -194,7 +194,9 @@ def test_inflight_inference_limit_holds_across_api_processes(
     ]
     for thread in threads:
         thread.start()
-    wait_until(lambda: slots.zcard("gpt2ft:inflight:dev") == 2, 10, "two requests in flight")
+    wait_until(
+        lambda: slots.zcard("gpt2ft:inflight_requests:dev") == 2, 10, "two requests in flight"
+    )
     for url in api_server.urls:
         refused: list[httpx.Response] = []
         complete(url, api_server.api_key, body, refused)
@@ -205,7 +207,7 @@ def test_inflight_inference_limit_holds_across_api_processes(
         thread.join()
     # No worker runs: both waited their timeout and gave their slots back.
     assert [r.status_code for r in waiting] == [503, 503]
-    assert slots.zcard("gpt2ft:inflight:dev") == 0
+    assert slots.zcard("gpt2ft:inflight_requests:dev") == 0
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from shared.settings import get_settings
-from tests.conftest import missing_service
+from tests.services import missing_service
 
 # GPT2FT_TEST_REDIS_URL lets parallel test runs use separate Redis servers.
 REDIS_BASE = os.environ.get("GPT2FT_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")

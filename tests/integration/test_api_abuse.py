@@ -1,14 +1,20 @@
 """Hostile input over HTTP (SQLite and Postgres): NUL characters, bad uploads, odd names."""
 
+import json
+import threading
+import time
+from typing import Any
+
 import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 from sqlalchemy import func, select
 
 from shared.db.session import session_scope
-from shared.db.tables import File
+from shared.db.tables import File, Job
 from shared.settings import get_settings
 from tests.integration.conftest import GOOD_JSONL, upload
+from tests.integration.test_api_files import stored_files as stored_objects
 
 JOBS = "/v1/fine_tuning/jobs"
 # %00 in a URL is a NUL character once decoded (httpx refuses a raw one).
@@ -48,8 +54,7 @@ def stored_files(owner: str) -> tuple[int, list[str]]:
     """(rows, files on disk): what a refused upload must not change."""
     with session_scope() as session:
         count = int(session.scalar(select(func.count()).where(File.owner == owner)) or 0)
-    disk = sorted(p.name for p in get_settings().storage_dir.rglob("*") if p.is_file())
-    return count, disk
+    return count, stored_objects()
 
 
 @pytest.mark.parametrize(("method", "path"), NUL_PATHS)
@@ -206,3 +211,94 @@ def test_stop_sequences_and_generated_tokens_are_bounded(
     error = response.json()["error"]
     assert error["code"] == "too_many_tokens" and error["param"] == "max_tokens"
     assert "10000 tokens" in error["message"] and "8192" in error["message"]
+
+
+def job_with_status(api: TestClient, headers: dict[str, str], status: str) -> str:
+    """A gpt2-tiny job, its status then set in the database as a worker would."""
+    file_id = upload(api, headers, GOOD_JSONL)["id"]
+    job = api.post(JOBS, headers=headers, json={"model": "gpt2-tiny", "training_file": file_id})
+    assert job.status_code == 200, job.text
+    with session_scope() as session:
+        row = session.get(Job, job.json()["id"])
+        assert row is not None
+        row.status = status
+    return str(job.json()["id"])
+
+
+def read_stream(
+    api: TestClient, headers: dict[str, str], job_id: str, within: float = 20
+) -> tuple[int, str]:
+    """(status, whole text) of the job's event stream; fails if it has not ended within."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        params = {"stream": "true"}
+        with api.stream("GET", f"{JOBS}/{job_id}/events", headers=headers, params=params) as r:
+            out["status"], out["text"] = r.status_code, "".join(r.iter_text())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(within)
+    assert not thread.is_alive(), f"the event stream of {job_id} did not end within {within}s"
+    return out["status"], out["text"]
+
+
+def done_event(text: str) -> dict[str, Any]:
+    last = [block for block in text.split("\n\n") if block.strip()][-1]
+    assert last.startswith("event: done\ndata: "), last
+    return dict(json.loads(last.split("data: ", 1)[1]))
+
+
+def test_event_stream_of_a_paused_job_ends(api: TestClient, alice: dict[str, str]) -> None:
+    job_id = job_with_status(api, alice, "paused")
+    status, text = read_stream(api, alice, job_id, within=10)
+    assert status == 200
+    assert done_event(text) == {"id": job_id, "status": "paused", "reason": "paused"}
+
+
+def test_event_stream_ends_when_idle(
+    api: TestClient, alice: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert get_settings().stream_idle_seconds == 300
+    monkeypatch.setenv("GPT2FT_STREAM_IDLE_SECONDS", "1")
+    get_settings.cache_clear()
+    job_id = job_with_status(api, alice, "running")
+    started = time.monotonic()
+    status, text = read_stream(api, alice, job_id, within=15)
+    assert status == 200 and time.monotonic() - started >= 1
+    assert done_event(text) == {"id": job_id, "status": "running", "reason": "idle"}
+
+
+def test_open_event_streams_are_capped_per_owner(
+    api: TestClient,
+    alice: dict[str, str],
+    bob: dict[str, str],
+    redis_db: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert get_settings().max_streams_per_owner == 8
+    monkeypatch.setenv("GPT2FT_MAX_STREAMS_PER_OWNER", "2")
+    monkeypatch.setenv("GPT2FT_STREAM_IDLE_SECONDS", "4")
+    get_settings.cache_clear()
+    job_id = job_with_status(api, alice, "running")
+    results: list[tuple[int, str]] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(read_stream(api, alice, job_id)))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while redis_db.zcard("gpt2ft:streams:alice") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    refused = api.get(f"{JOBS}/{job_id}/events", headers=alice, params={"stream": "true"})
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "too_many_streams"
+    assert "max_streams_per_owner" in refused.json()["error"]["message"]
+    bobs = job_with_status(api, bob, "paused")  # another owner has streams of their own
+    assert read_stream(api, bob, bobs)[0] == 200
+    for thread in threads:
+        thread.join()
+    assert [status for status, _ in results] == [200, 200]
+    assert redis_db.zcard("gpt2ft:streams:alice") == 0  # closed streams gave their slots back
+    assert read_stream(api, alice, job_id)[0] == 200

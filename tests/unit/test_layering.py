@@ -1,4 +1,4 @@
-"""The handbook's layering, checked on every import statement: api → shared ← worker."""
+"""docs/architecture.md's layering, checked on every import statement: api → shared ← worker."""
 
 import ast
 from pathlib import Path
