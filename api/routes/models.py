@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from api.auth import Owner
@@ -22,7 +22,7 @@ from shared.db.session import session_scope
 from shared.db.tables import Checkpoint, FineTunedModel
 from shared.ids import now_ts
 from shared.settings import get_settings
-from shared.storage import Manifest, Storage, get_storage
+from shared.storage import Manifest, Storage, checkpoints_prefix, get_storage
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/models", tags=["models"])
@@ -149,7 +149,7 @@ def read_model(model_id: str, owner: Owner) -> ModelOut:
     summary="Delete a fine-tuned model",
 )
 def delete_model(model_id: str, owner: Owner) -> Deleted:
-    """Delete one of the caller's fine-tuned models and its files; base models are refused."""
+    """Delete one of the caller's fine-tuned models, its checkpoints and their files."""
     if find_base_model(model_id, get_settings().resolved_models_dir) is not None:
         raise ApiError(
             403, f"base model '{model_id}' cannot be deleted", param="model", code="forbidden"
@@ -166,6 +166,10 @@ def delete_model(model_id: str, owner: Owner) -> Deleted:
                 )
             raise not_found("model", model_id, param="model")
         model.deleted_at = now_ts()
-        prefix = model.path
-    get_storage().delete_set(prefix)
+        # Its checkpoints go with it: no longer servable, listed or counted in the quota.
+        session.execute(delete(Checkpoint).where(Checkpoint.job_id == model.job_id))
+        prefix, job_id = model.path, model.job_id
+    storage = get_storage()
+    storage.delete_set(prefix)
+    storage.delete_prefix(checkpoints_prefix(job_id))
     return Deleted(id=model_id, object="model")

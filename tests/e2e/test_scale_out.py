@@ -119,9 +119,11 @@ class Fleet:
             manifest = self.store.read_manifest(prefix)
             assert manifest is not None
             named |= {manifest.key, *(manifest.key_of(e) for e in manifest.files)}
-        stored = set(self.store.list_keys(job_prefix(job_id)))
+        results_key = f"files/{job['result_files'][0]}"
+        assert results_key in named and self.store.size(results_key) is not None
+        stored = set(self.store.list_keys(job_prefix(job_id))) | {results_key}
         archives = {key for key in stored if key.endswith(".tar.gz")}
-        assert stored - archives == named, sorted(stored - archives - named)
+        assert stored - archives == named, sorted((stored - archives) ^ named)
 
 
 def fresh_database() -> str:
