@@ -193,7 +193,7 @@ def count_step(loop: Loop, index: torch.Tensor, loss: torch.Tensor, accuracy: An
     progress.tokens_seen += loop.data.tokens_in(index)
 
 
-def log_progress(loop: Loop, learning_rate: float) -> None:
+def log_progress(loop: Loop, learning_rate: float, grad_norm: torch.Tensor) -> None:
     """Report the mean loss and accuracy since the last log (.item() syncs the GPU: here only)."""
     progress = loop.run.progress
     log = {
@@ -204,6 +204,9 @@ def log_progress(loop: Loop, learning_rate: float) -> None:
         "learning_rate": learning_rate,
         "tokens_seen": progress.tokens_seen,
     }
+    norm = float(grad_norm)  # the logged step's own norm, as Trainer logs it
+    if math.isfinite(norm):  # JSON columns refuse inf and nan
+        log["grad_norm"] = norm
     loop.callbacks.on_log(progress.global_step, log)
 
 
@@ -387,12 +390,12 @@ def train(
         batch = loop.data.batch(index, run.device)
 
         # forward/backward over the micro-batches, then one optimizer step
-        loss, learning_rate, accuracy = optimizer_step(run, batch, loop.spec)
+        loss, learning_rate, accuracy, grad_norm = optimizer_step(run, batch, loop.spec)
         count_step(loop, index, loss, accuracy)
 
         # log
         if progress.global_step % loop.log_every_steps == 0:
-            log_progress(loop, learning_rate)
+            log_progress(loop, learning_rate, grad_norm)
 
         # evaluation due (each epoch's end, every eval_every_steps), else a checkpoint due
         if evaluation_due(loop):
