@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from api.charts import render_png, render_svg
@@ -20,6 +20,47 @@ def job_points(job: JobDep, session: SessionDep) -> list[dict[str, Any]]:
 
 # The path's job, owner-checked, as its metric points.
 Points = Annotated[list[dict[str, Any]], Depends(job_points)]
+
+# Generated clients (openapi-python-client) read JSON, text/* and octet-stream bodies only:
+# a chart is declared as its image type and as octet-stream, the same bytes either way.
+OCTET_STREAM = "application/octet-stream"
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def image_responses(media_type: str) -> dict[int | str, dict[str, Any]]:
+    """The 200 of a chart route: the image type first (what browsers get), then octet-stream."""
+    content = {media_type: BINARY, OCTET_STREAM: BINARY}
+    return {200: {"description": f"The chart ({media_type})", "content": content}}
+
+
+def accept_ranges(accept: str) -> dict[str, float]:
+    """An Accept header as {media range: q}; a q that is not a number counts as 0."""
+    ranges: dict[str, float] = {}
+    for part in accept.split(","):
+        name, *params = (piece.strip() for piece in part.split(";"))
+        quality = next((p[2:] for p in params if p.lower().startswith("q=")), "1")
+        try:
+            ranges[name.lower()] = float(quality)
+        except ValueError:
+            ranges[name.lower()] = 0.0
+    return ranges
+
+
+def accepted_quality(accept: str, media_type: str) -> float:
+    """The q an Accept header gives media_type (exact, type/*, then */*); 0 when absent."""
+    ranges = accept_ranges(accept)
+    for candidate in (media_type, media_type.split("/")[0] + "/*", "*/*"):
+        if candidate in ranges:
+            return ranges[candidate]
+    return 0.0
+
+
+def chart_response(request: Request, body: bytes | str, media_type: str) -> Response:
+    """The chart as media_type, or as octet-stream when the client prefers that (Accept)."""
+    accept = request.headers.get("accept", "*/*")
+    wants_bytes = accepted_quality(accept, OCTET_STREAM) > accepted_quality(accept, media_type)
+    served = OCTET_STREAM if wants_bytes else media_type
+    return Response(body, media_type=served, headers={"Cache-Control": "no-store"})
 
 
 @router.get(
@@ -45,12 +86,11 @@ def list_metrics(job_id: str, points: Points, format: Literal["json", "csv"] = "
     response_class=Response,
     operation_id="readJobLossSvg",
     summary="Loss chart (SVG)",
-    responses={200: {"content": {"image/svg+xml": {}}}},
+    responses=image_responses("image/svg+xml"),
 )
-def read_loss_svg(job_id: str, points: Points) -> Response:
+def read_loss_svg(job_id: str, points: Points, request: Request) -> Response:
     """Train and validation loss against step as an SVG document."""
-    svg = render_svg(points, f"{job_id} loss")
-    return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
+    return chart_response(request, render_svg(points, f"{job_id} loss"), "image/svg+xml")
 
 
 @router.get(
@@ -58,9 +98,8 @@ def read_loss_svg(job_id: str, points: Points) -> Response:
     response_class=Response,
     operation_id="readJobLossPng",
     summary="Loss chart (PNG)",
-    responses={200: {"content": {"image/png": {}}}},
+    responses=image_responses("image/png"),
 )
-def read_loss_png(points: Points) -> Response:
+def read_loss_png(points: Points, request: Request) -> Response:
     """Train and validation loss against step as a PNG image."""
-    png = render_png(points)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+    return chart_response(request, render_png(points), "image/png")

@@ -85,6 +85,38 @@ def test_loss_charts_are_drawn_from_the_job_metrics(
     assert png.content[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize(
+    ("accept", "served"),
+    [
+        (None, "image/png"),
+        ("*/*", "image/png"),
+        # Chromium's Accept for an <img>: no octet-stream, so the image type.
+        ("image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8", "image/png"),
+        ("application/octet-stream", "application/octet-stream"),
+        ("image/png;q=0.5, application/octet-stream", "application/octet-stream"),
+        ("application/octet-stream;q=0.2, image/*", "image/png"),
+    ],
+)
+def test_loss_png_is_served_as_an_image_unless_bytes_are_preferred(
+    api: TestClient, alice: dict[str, str], job_id: str, accept: str | None, served: str
+) -> None:
+    run_reporter(job_id, 3)
+    headers = {**alice, "Accept": accept} if accept else alice
+    png = api.get(f"{JOBS}/{job_id}/loss.png", headers=headers)
+    assert png.status_code == 200 and png.headers["content-type"] == served
+    assert png.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_charts_are_declared_as_images_and_as_bytes(api: TestClient) -> None:
+    # openapi-python-client warns on (and drops) a response whose content types are all
+    # images; octet-stream beside the image type gives generated clients the bytes.
+    paths = api.get("/openapi.json").json()["paths"]
+    for suffix, image in (("loss.svg", "image/svg+xml"), ("loss.png", "image/png")):
+        content = paths[f"{JOBS}/{{job_id}}/{suffix}"]["get"]["responses"]["200"]["content"]
+        assert list(content) == [image, "application/octet-stream"]
+        assert all(c["schema"] == {"type": "string", "format": "binary"} for c in content.values())
+
+
 def test_result_files_show_on_the_job(api: TestClient, alice: dict[str, str], job_id: str) -> None:
     with session_scope() as session:
         job = session.get(Job, job_id)
