@@ -194,10 +194,10 @@ def prepare(
     except PlanError as exc:
         raise JobFailure("invalid_hyperparameters", str(exc), exc.param) from None
     if check_memory:
+        from worker.training.device import pick_device
         from worker.training.memory import memory_problem
-        from worker.training.run_state import pick_device
 
-        problem = memory_problem(plan.summary["memory_estimate"], pick_device(None).type)
+        problem = memory_problem(plan.summary["memory_estimate"], str(pick_device()))
         if problem:
             raise JobFailure("insufficient_memory", problem, None)
     return plan

@@ -82,4 +82,4 @@ def test_model_cache_is_bounded(tiny: str, tmp_path: Path, monkeypatch: pytest.M
     shutil.copytree(tiny, copy)
     generate(tiny, ["Hi"], max_tokens=1)
     generate(str(copy), ["Hi"], max_tokens=1)
-    assert list(generation._cache) == [str(copy)]
+    assert generation._cache.locations() == [str(copy)]

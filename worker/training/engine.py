@@ -23,6 +23,7 @@ from worker.training.classify import (
     evaluate_classifier,
     prediction_counts,
 )
+from worker.training.device import peak_bytes, pick_device, release_memory, reset_peak
 from worker.training.methods import Exportable, copy_model_files
 from worker.training.results import (
     early_stop_message,
@@ -31,7 +32,7 @@ from worker.training.results import (
     should_stop_early,
     update_best,
 )
-from worker.training.run_state import Progress, Run, pick_device, setup_run, training_state
+from worker.training.run_state import Progress, Run, setup_run, training_state
 from worker.training.tasks import IGNORE, Examples, as_examples
 
 
@@ -49,6 +50,11 @@ class TrainResult:
 def autocast(run: Run) -> torch.autocast:
     """Mixed precision on GPU; a no-op on CPU."""
     return torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None)
+
+
+def micro_batch_size(spec: TrainingSpec) -> int:
+    """Examples per forward pass: what fits in memory for training fits for evaluation too."""
+    return math.ceil(spec.batch_size / spec.gradient_accumulation_steps)
 
 
 def micro_batches(batch: Any, accumulation: int) -> list[dict[str, torch.Tensor]]:
@@ -98,7 +104,8 @@ def evaluate(run: Run, blocks: Any, batch_size: int) -> dict[str, float]:
     if examples.labels is not None and examples.labels.dim() == 1:
         return evaluate_classifier(run.model, examples, batch_size, run.device, autocast(run))
     run.model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
+    # Sums stay on the device: one GPU sync for the whole evaluation, not three per batch.
+    sums = torch.zeros(3, device=run.device, dtype=torch.float64)
     for start in range(0, len(examples), batch_size):
         index = torch.arange(start, min(start + batch_size, len(examples)))
         batch = examples.batch(index, run.device)
@@ -106,19 +113,21 @@ def evaluate(run: Run, blocks: Any, batch_size: int) -> dict[str, float]:
         with autocast(run):
             logits = run.model(**batch).logits
         logits, targets = logits[:, :-1].float(), labels[:, 1:]
-        loss_sum += F.cross_entropy(
+        loss = F.cross_entropy(
             logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
-        ).item()
+        )
         counted = targets != IGNORE
-        correct += int(((logits.argmax(-1) == targets) & counted).sum().item())
-        count += int(counted.sum().item())
+        correct = ((logits.argmax(-1) == targets) & counted).sum()
+        sums += torch.stack([loss.double(), correct.double(), counted.sum().double()])
     run.model.train()
+    loss_sum, correct_sum, count_sum = sums.tolist()
+    count = int(count_sum)
     valid_loss = loss_sum / max(1, count)
     return {
         "valid_loss": valid_loss,
         # Capped: exp() of a diverged loss would overflow a float.
         "valid_perplexity": math.exp(min(valid_loss, 50.0)),
-        "valid_mean_token_accuracy": correct / max(1, count),
+        "valid_mean_token_accuracy": correct_sum / max(1, count),
     }
 
 
@@ -146,8 +155,7 @@ def save_final_model(run: Run, final_dir: Path, source: Path | None = None) -> P
 def flush_accuracy(progress: Progress, window: list[Any]) -> float:
     """Token accuracy over the window's steps (one GPU sync), else the last logged one."""
     if window:
-        correct = torch.stack([c for c, _ in window]).sum().item()
-        counted = torch.stack([n for _, n in window]).sum().item()
+        correct, counted = torch.stack([torch.stack([c, n]) for c, n in window]).sum(0).tolist()
         progress.last_train_accuracy = correct / max(1, counted)
         window.clear()
     return progress.last_train_accuracy
@@ -205,7 +213,7 @@ def finish_epoch(
         else f"Step {progress.global_step}:"
     )
     if len(valid_blocks):
-        evaluation = evaluate(run, valid_blocks, spec.batch_size)
+        evaluation = evaluate(run, valid_blocks, micro_batch_size(spec))
         callbacks.on_eval(progress.global_step, {**metrics, **evaluation})
         callbacks.on_message(f"{done} valid_loss {evaluation['valid_loss']:.2f}", evaluation)
         metrics.update(evaluation)
@@ -220,7 +228,9 @@ def sample_prompts(run: Run, spec: TrainingSpec, callbacks: TrainingCallbacks) -
     if not prompts or spec.task == "classification":
         return  # a classifier has no text to generate
     step = run.progress.global_step
-    samples = sample_continuations(run.model, run.tokenizer, prompts, run.device, spec.seed + step)
+    samples = sample_continuations(
+        run.model, run.tokenizer, prompts, run.device, spec.seed + step, run.amp_dtype
+    )
     for prompt, (text, ids) in zip(prompts, samples, strict=True):
         callbacks.on_message(
             f"Sample at step {step}: {prompt!r} -> {text!r}",
@@ -292,8 +302,10 @@ def final_results(
     if not sampled and spec.task != "classification":
         # No sample prompts: a few unconditioned generations still measure memorization.
         unconditioned = [""] * 4
-        sampled = [ids for _, ids in sample_continuations(
-            run.model, run.tokenizer, unconditioned, run.device, spec.seed)]  # fmt: skip
+        samples = sample_continuations(
+            run.model, run.tokenizer, unconditioned, run.device, spec.seed, run.amp_dtype
+        )
+        sampled = [ids for _, ids in samples]
     final: dict[str, Any] = dict(metrics)
     final.pop("is_best", None)
     if progress.best_step >= 0:
@@ -306,6 +318,58 @@ def final_results(
     return final
 
 
+def step_or_out_of_memory(
+    run: Run, batch: dict[str, torch.Tensor] | Any, spec: TrainingSpec
+) -> tuple[torch.Tensor, float, Any] | None:
+    """optimizer_step, or None when the device ran out of memory (its tensors then freed)."""
+    try:
+        return optimizer_step(run, batch, spec)
+    except torch.OutOfMemoryError:
+        # Leaving this frame drops the traceback, and with it every activation of the step.
+        return None
+    finally:
+        del batch
+
+
+def stop_for_memory(
+    run: Run,
+    spec: TrainingSpec,
+    callbacks: TrainingCallbacks,
+    checkpoints_dir: Path,
+    window: list[torch.Tensor],
+    steps_per_epoch: int,
+) -> TrainResult:
+    """Out of memory mid-run (another process grew on the GPU): checkpoint the last full step.
+
+    The caller requeues the job with a smaller micro-batch; final_metrics carries the one that
+    failed.
+    """
+    run.optimizer.zero_grad(set_to_none=True)
+    release_memory(run.device)
+    progress, micro = run.progress, micro_batch_size(spec)
+    saved = "nothing to checkpoint yet"
+    if progress.global_step > 0:
+        metrics = {
+            "step": progress.global_step,
+            "epoch": progress.epoch + progress.step_in_epoch / steps_per_epoch,
+            "train_loss": flush_losses(progress, window),
+        }
+        write_checkpoint(run, checkpoints_dir, callbacks, metrics)
+        saved = f"checkpointed at step {progress.global_step}"
+    callbacks.on_message(
+        f"Out of memory on {run.device} in step {progress.global_step + 1} with micro-batch "
+        f"{micro}: {saved}",
+        {"micro_batch_size": micro, "step": progress.global_step},
+    )
+    return TrainResult(
+        "out_of_memory",
+        progress.global_step,
+        progress.tokens_seen,
+        {"micro_batch_size": micro},
+        None,
+    )
+
+
 def train(
     spec: TrainingSpec,
     train_blocks: Examples | Sequence[Sequence[int]],
@@ -315,24 +379,34 @@ def train(
     callbacks: TrainingCallbacks,
     resume_from: Path | None = None,
     device: str | None = None,
-    log_every_steps: int = 1,
+    log_every_steps: int | None = None,
+    micro_batch_limit: int | None = None,
 ) -> TrainResult:
-    """Fine-tune spec.model on train_blocks; checkpoint every epoch; stop when told to."""
+    """Fine-tune spec.model on train_blocks; checkpoint every epoch; stop when told to.
+
+    log_every_steps None: every step on CPU, every 10 on a GPU. micro_batch_limit: the most
+    examples per forward pass (a retry after running out of memory passes a smaller one).
+    """
     if not train_blocks:
         raise ValueError("no training blocks: plan_training should have refused this corpus")
     batch_size = spec.batch_size
     steps_per_epoch = math.ceil(len(train_blocks) / batch_size)
     total_steps = steps_per_epoch * spec.n_epochs
-    run = setup_run(spec, total_steps, pick_device(device), resume_from)
-    if run.accumulation and run.accumulation != spec.gradient_accumulation_steps:
-        spec = spec.model_copy(update={"gradient_accumulation_steps": run.accumulation})
-        callbacks.on_message(
-            f"batch_size {spec.batch_size} does not fit in one pass on {run.device}: "
-            f"{run.accumulation} accumulated micro-batches per step"
-        )
-    progress = run.progress
     # Packed blocks (lists of ids) or per-record Examples: batched the same way by index.
     data, valid_blocks = as_examples(train_blocks), as_examples(valid_blocks)
+    run_device = pick_device(device)
+    reset_peak(run_device)
+    run = setup_run(spec, total_steps, run_device, resume_from, data, micro_batch_limit)
+    if run.accumulation and run.accumulation != spec.gradient_accumulation_steps:
+        spec = spec.model_copy(update={"gradient_accumulation_steps": run.accumulation})
+        micro = micro_batch_size(spec)
+        callbacks.on_message(
+            f"batch_size {spec.batch_size} does not fit in one pass on {run.device}: "
+            f"{run.accumulation} accumulated micro-batches of {micro} per step",
+            {"micro_batch_size": micro, "gradient_accumulation_steps": run.accumulation},
+        )
+    log_every_steps = log_every_steps or (10 if run.device.type == "cuda" else 1)
+    progress = run.progress
     window: list[torch.Tensor] = []
     accuracy_window: list[Any] = []
     early = False
@@ -361,8 +435,12 @@ def train(
 
             start = progress.step_in_epoch * batch_size
             index = order[start : start + batch_size]
-            batch = data.batch(index, run.device)
-            loss, learning_rate, accuracy = optimizer_step(run, batch, spec)
+            stepped = step_or_out_of_memory(run, data.batch(index, run.device), spec)
+            if stepped is None:
+                return stop_for_memory(
+                    run, spec, callbacks, checkpoints_dir, window, steps_per_epoch
+                )
+            loss, learning_rate, accuracy = stepped
             window.append(loss)
             accuracy_window.append(accuracy)
             progress.step_in_epoch += 1
@@ -398,6 +476,9 @@ def train(
             break
 
     final = final_results(run, spec, train_blocks, metrics, early)
+    peak = peak_bytes(run.device)
+    if peak is not None:
+        final["peak_memory_bytes"] = peak
     best = progress.best_step if final["kept"] == "best" else None
     source = checkpoints_dir / checkpoint_name(best) if best is not None else None
     model_dir = save_final_model(run, final_dir, source)
