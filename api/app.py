@@ -8,6 +8,7 @@ from api.auth import require_owner
 from api.errors import install_error_handlers
 from api.observability import LatencyMiddleware
 from api.observability import router as prometheus_router
+from api.request_guard import RequestGuard
 from api.routes import (
     classifications,
     completions,
@@ -31,6 +32,8 @@ def create_app() -> FastAPI:
         summary="Self-hosted GPT-2 fine-tuning with an OpenAI-shaped API",
     )
     install_error_handlers(app)
+    # The guard runs inside the latency middleware, so its early 401/413 answers are timed.
+    app.add_middleware(RequestGuard)
     app.add_middleware(LatencyMiddleware)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_owner)], responses=ERROR_RESPONSES)
     for module in (files, jobs, metrics, models, completions, classifications):

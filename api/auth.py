@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import ApiError
@@ -12,18 +12,23 @@ from shared.keys import owner_for_key
 _bearer = HTTPBearer(auto_error=False, description="An API key: Authorization: Bearer sk-...")
 
 
-def require_owner(
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
-    """The owner of the request's API key, or 401 in the OpenAI envelope."""
-    if credentials is None or not credentials.credentials:
+def bearer_token(authorization: str | None) -> str | None:
+    """The key of an 'Authorization: Bearer <key>' header value, else None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def owner_of(token: str | None) -> str:
+    """The owner of an API key, or 401 in the OpenAI envelope."""
+    if not token:
         raise ApiError(
             401,
             "Missing bearer token: send 'Authorization: Bearer <API key>'",
             param=None,
             code="missing_api_key",
         )
-    owner = owner_for_key(credentials.credentials)
+    owner = owner_for_key(token)
     if owner is None:
         raise ApiError(
             401,
@@ -31,6 +36,17 @@ def require_owner(
             code="invalid_api_key",
         )
     return owner
+
+
+def require_owner(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The owner the request guard authenticated (before the body), else checked here."""
+    owner = getattr(request.state, "owner", None)
+    if isinstance(owner, str):
+        return owner
+    return owner_of(credentials.credentials if credentials else None)
 
 
 Owner = Annotated[str, Depends(require_owner)]

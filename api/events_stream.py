@@ -42,10 +42,13 @@ def sse_message(data: str, event: str | None = None, event_id: str | None = None
 
 
 async def stream_events(
-    job_id: str, poll_seconds: float = POLL_SECONDS, keepalive_seconds: float = KEEPALIVE_SECONDS
+    job_id: str,
+    poll_seconds: float = POLL_SECONDS,
+    keepalive_seconds: float = KEEPALIVE_SECONDS,
+    after_seq: int = 0,
 ) -> AsyncIterator[str]:
-    """`data: <event JSON>` per event; a final `event: done` once the job is terminal."""
-    after, quiet = 0, 0.0
+    """`data: <event JSON>` per event after after_seq; a final `event: done` once terminal."""
+    after, quiet = after_seq, 0.0
     while True:
         events, ended = await run_in_threadpool(read_new_events, job_id, after)
         for seq, payload in events:

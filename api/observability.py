@@ -52,7 +52,7 @@ def job_families() -> list[Metric]:
             select(Job.id, Job.stats).where(Job.status == JobStatus.running.value)
         ).all()
     for status in JobStatus:
-        by_status.add_metric([status.value], counts.get(status.value, 0))
+        by_status.add_metric([status.value], counts.get(status, 0))
     durations.add_metric([], count_value=finished[0] or 0, sum_value=float(finished[1] or 0))
     for job_id, stats in running:
         if (stats or {}).get("tokens_per_second") is not None:

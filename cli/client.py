@@ -1,40 +1,47 @@
 """`gpt2ft files|jobs|models|generate`: the HTTP API from a terminal (httpx, typer)."""
 
 import json
-import os
 import tarfile
+import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
 
-from shared.settings import get_settings
+from cli.state import Target, resolve_target
+from cli.tables import print_table
 
-DEFAULT_API_URL = "http://127.0.0.1:8000"
 files_app = typer.Typer(help="Upload, list and delete files.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Create, follow and control fine-tuning jobs.", no_args_is_help=True)
 models_app = typer.Typer(help="List and download models.", no_args_is_help=True)
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-def api_key() -> str:
-    """GPT2FT_API_KEY, else the dev key `gpt2ft run` saved under the home folder."""
-    key = os.environ.get("GPT2FT_API_KEY")
-    if key:
-        return key
-    saved = get_settings().home / "dev-api-key"
-    if saved.is_file():
-        return saved.read_text().strip()
-    typer.echo(f"no API key: set GPT2FT_API_KEY (or run `gpt2ft run` to create {saved})", err=True)
-    raise typer.Exit(2)
+def api_key(target: Target) -> str:
+    """The key to send, or exit 2 saying how to give one."""
+    if target.api_key is None:
+        typer.echo(f"no API key for {target.url}: {target.key_source}", err=True)
+        raise typer.Exit(2)
+    return target.api_key
 
 
 def client(timeout: float | None = 60.0) -> httpx.Client:
-    """An httpx client on GPT2FT_API_URL with the bearer key."""
-    base = os.environ.get("GPT2FT_API_URL", DEFAULT_API_URL).rstrip("/")
-    headers = {"Authorization": f"Bearer {api_key()}"}
-    return httpx.Client(base_url=base, headers=headers, timeout=timeout)
+    """An httpx client on the resolved service (see cli.state) with the bearer key."""
+    target = resolve_target()
+    headers = {"Authorization": f"Bearer {api_key(target)}"}
+    return httpx.Client(base_url=target.url, headers=headers, timeout=timeout)
+
+
+def unreachable(http: httpx.Client, exc: Exception) -> NoReturn:
+    """Say which service did not answer, where its URL came from, and exit 1."""
+    target = resolve_target()
+    typer.echo(
+        f"cannot reach {http.base_url} (from {target.url_source}): {exc}\n"
+        "start it with `make run`, or set GPT2FT_API_URL (and GPT2FT_API_KEY) to another service",
+        err=True,
+    )
+    raise typer.Exit(1)
 
 
 def call(method: str, path: str, timeout: float = 60.0, **kwargs: Any) -> Any:
@@ -43,8 +50,7 @@ def call(method: str, path: str, timeout: float = 60.0, **kwargs: Any) -> Any:
         try:
             response = http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            typer.echo(f"cannot reach {http.base_url}: {exc}", err=True)
-            raise typer.Exit(1) from None
+            unreachable(http, exc)
     if response.status_code >= 400:
         try:
             message = response.json()["error"]["message"]
@@ -75,11 +81,12 @@ def upload_file(
 
 @files_app.command("list")
 def list_files() -> None:
-    """id, purpose, bytes, records and filename of each file."""
-    for row in call("GET", "/v1/files")["data"]:
-        typer.echo(
-            f"{row['id']}\t{row['purpose']}\t{row['bytes']}\t{row['records']}\t{row['filename']}"
-        )
+    """Each file's id, purpose, size, records, format and name, newest first."""
+    rows = [
+        (f["id"], f["purpose"], f["bytes"], f["records"], f.get("format"), f["filename"])
+        for f in call("GET", "/v1/files")["data"]
+    ]
+    print_table(("ID", "PURPOSE", "BYTES", "RECORDS", "FORMAT", "FILENAME"), rows)
 
 
 @files_app.command("rm")
@@ -125,9 +132,20 @@ def create_job(
 
 @jobs_app.command("list")
 def list_jobs(limit: int = 20) -> None:
-    """id, status, model and fine-tuned model of recent jobs."""
-    for job in call("GET", "/v1/fine_tuning/jobs", params={"limit": limit})["data"]:
-        typer.echo(f"{job['id']}\t{job['status']}\t{job['model']}\t{job['fine_tuned_model'] or ''}")
+    """Recent jobs: id, status, steps done, base model, created, fine-tuned model."""
+    jobs = call("GET", "/v1/fine_tuning/jobs", params={"limit": limit})["data"]
+    rows = [
+        (
+            job["id"],
+            job["status"],
+            f"{job.get('steps_completed') or 0}/{job.get('total_steps') or '?'}",
+            job["model"],
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(job["created_at"])),
+            job["fine_tuned_model"],
+        )
+        for job in jobs
+    ]
+    print_table(("ID", "STATUS", "STEPS", "MODEL", "CREATED", "FINE-TUNED MODEL"), rows)
 
 
 @jobs_app.command("show")
@@ -156,9 +174,9 @@ def resume_job(job_id: str) -> None:
 
 @models_app.command("list")
 def list_models() -> None:
-    """Model ids and owners."""
-    for model in call("GET", "/v1/models")["data"]:
-        typer.echo(f"{model['id']}\t{model['owned_by']}")
+    """Model ids and owners: base models, then your fine-tuned models."""
+    rows = [(m["id"], m["owned_by"]) for m in call("GET", "/v1/models")["data"]]
+    print_table(("ID", "OWNED BY"), rows)
 
 
 @models_app.command("download")
@@ -221,3 +239,17 @@ def generate(
         body["seed"] = seed
     result = call("POST", "/v1/completions", json=body, timeout=300)
     typer.echo(result["choices"][0]["text"])
+
+
+def show_target() -> None:
+    """Which service and API key the client commands use, where each came from, and /readyz."""
+    target = resolve_target()
+    try:
+        ready = httpx.get(f"{target.url}/readyz", timeout=5).status_code == 200
+        state = "ready" if ready else "answers, not ready (see /readyz)"
+    except httpx.HTTPError as exc:
+        state = f"not answering ({exc.__class__.__name__})"
+    key = target.api_key
+    shown = f"{key[:10]}…{key[-4:]}" if key and len(key) > 20 else ("(set)" if key else "none")
+    typer.echo(f"service  {target.url}  (from {target.url_source}): {state}")
+    typer.echo(f"API key  {shown}  (from {target.key_source})")

@@ -4,6 +4,8 @@ from typing import Annotated
 
 import typer
 
+from cli.tables import print_table
+
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 
 
@@ -27,9 +29,11 @@ def list_keys(
     """List key ids, owners and names (never the keys themselves)."""
     from shared.keys import list_api_keys
 
-    for row in list_api_keys(owner):
-        state = "revoked" if row["revoked_at"] else "active"
-        typer.echo(f"{row['id']}\t{row['owner']}\t{row['name'] or ''}\t{state}")
+    rows = [
+        (row["id"], row["owner"], row["name"], "revoked" if row["revoked_at"] else "active")
+        for row in list_api_keys(owner)
+    ]
+    print_table(("ID", "OWNER", "NAME", "STATE"), rows)
 
 
 @keys_app.command("revoke")

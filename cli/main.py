@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from cli.bootstrap import migrate_database, run_setup
-from cli.client import files_app, generate, jobs_app, models_app
+from cli.client import files_app, generate, jobs_app, models_app, show_target
 from cli.keys import keys_app
 from cli.watch import watch_job
 from shared.logging_setup import configure_logging
@@ -22,6 +22,7 @@ app.add_typer(files_app, name="files")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
 app.command("generate")(generate)
+app.command("target")(show_target)
 jobs_app.command("watch")(watch_job)
 
 DEFAULT_PORT = 8000

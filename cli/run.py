@@ -12,13 +12,13 @@ import typer
 
 from cli.bootstrap import run_setup
 from cli.procs import Child, free_port, port_is_free, stop_all, wait_for_port
+from cli.state import DEV_KEY_FILE, remove_run_state, write_run_state
 from shared.settings import get_settings
 
 REDIS_HINT = (
     "redis-server not found: install it (Debian/Ubuntu: sudo apt-get install redis-server) "
     "or set REDIS_URL"
 )
-DEV_KEY_FILE = "dev-api-key"
 # A worker that dies sooner than this after starting counts as crashing: back off.
 WORKER_HEALTHY_SECONDS = 30.0
 MAX_RESTART_DELAY_SECONDS = 30.0
@@ -182,7 +182,11 @@ def run_dev(port: int) -> int:
             stop_all([c for c in (api, worker, redis) if c is not None], timeout=5)
             return 1
         print_banner(port, key, key_source)
+        # Client commands in other shells find this service and its key through the file.
+        write_run_state(home, f"http://127.0.0.1:{port}", key)
         return supervise(api, worker, redis, stop)
     except BaseException:
         stop_all([c for c in (api, worker, redis) if c is not None], timeout=5)
         raise
+    finally:
+        remove_run_state(home)

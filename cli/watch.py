@@ -1,8 +1,9 @@
-"""`gpt2ft jobs watch`: follow a job's event stream with a live progress line."""
+"""`gpt2ft jobs watch`: the job's state now, then its new events and a live progress line."""
 
 import json
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -10,32 +11,100 @@ import typer
 
 from cli.client import TERMINAL, call, client
 
-
-def progress_line(data: dict[str, Any], started: float, first_step: int) -> str:
-    """[####......] step/total loss tok/s ETA from a metrics event's data."""
-    step, total = int(data.get("step", 0)), int(data.get("total_steps") or 0)
-    width = 24
-    filled = int(width * step / total) if total else 0
-    parts = [f"[{'#' * filled}{'.' * (width - filled)}] {step}/{total or '?'}"]
-    if data.get("train_loss") is not None:
-        parts.append(f"loss {data['train_loss']:.4f}")
-    if data.get("tokens_per_second") is not None:
-        parts.append(f"{data['tokens_per_second']:,.0f} tok/s")
-    done = step - first_step
-    if total and done > 0:
-        eta = (time.monotonic() - started) / done * (total - step)
-        parts.append(f"ETA {int(eta) // 60}:{int(eta) % 60:02d}")
-    return "  ".join(parts)
+# On attach: the newest events read, and how many of their messages are shown for context.
+RECENT_EVENTS = 100
+RECENT_MESSAGES = 10
 
 
-def follow(job_id: str) -> None:
-    """Print messages and a progress line from the SSE stream until `event: done`."""
-    started, first_step, pending = time.monotonic(), None, None
+def clock(seconds: float) -> str:
+    """m:ss, or h:mm:ss past an hour."""
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+@dataclass
+class Progress:
+    """Step, loss, throughput and when the job should finish, as last heard."""
+
+    step: int
+    total: int
+    loss: float | None = None
+    tokens_per_second: float | None = None
+    # Unix time the job should end: the service's estimate at attach, then our own rate.
+    finish_at: float | None = None
+    first_seen: tuple[float, int] | None = None
+
+    @classmethod
+    def from_job(cls, job: dict[str, Any]) -> "Progress":
+        """The job object's own figures: where it stands when we attach."""
+        return cls(
+            step=int(job.get("steps_completed") or 0),
+            total=int(job.get("total_steps") or 0),
+            tokens_per_second=job.get("tokens_per_second"),
+            finish_at=job.get("estimated_finish"),
+        )
+
+    def update(self, data: dict[str, Any], now: float) -> None:
+        """Take a live metrics event; the ETA comes from steps seen since we attached."""
+        self.step = int(data.get("step", self.step))
+        self.total = int(data.get("total_steps") or self.total)
+        if data.get("train_loss") is not None:
+            self.loss = float(data["train_loss"])
+        if data.get("tokens_per_second") is not None:
+            self.tokens_per_second = float(data["tokens_per_second"])
+        if self.first_seen is None:
+            self.first_seen = (now, self.step)
+        elif self.step > self.first_seen[1] and self.total:
+            per_step = (now - self.first_seen[0]) / (self.step - self.first_seen[1])
+            self.finish_at = now + per_step * (self.total - self.step)
+
+    def line(self, now: float) -> str:
+        """[####......] step/total  loss  tok/s  ETA."""
+        width = 24
+        filled = int(width * self.step / self.total) if self.total else 0
+        parts = [f"[{'#' * filled}{'.' * (width - filled)}] {self.step}/{self.total or '?'}"]
+        if self.loss is not None:
+            parts.append(f"loss {self.loss:.4f}")
+        if self.tokens_per_second is not None:
+            parts.append(f"{self.tokens_per_second:,.0f} tok/s")
+        if self.finish_at is not None and self.step < self.total:
+            parts.append(f"ETA {clock(self.finish_at - now)}")
+        return "  ".join(parts)
+
+
+class Screen:
+    """Messages on their own lines; the progress line redrawn in place below them."""
+
+    def __init__(self) -> None:
+        self.on_progress_line = False
+
+    def message(self, text: str) -> None:
+        sys.stdout.write(("\n" if self.on_progress_line else "") + text + "\n")
+        self.on_progress_line = False
+        sys.stdout.flush()
+
+    def progress(self, text: str) -> None:
+        sys.stdout.write("\r" + text + "\033[K")
+        self.on_progress_line = True
+        sys.stdout.flush()
+
+
+def recent_events(job_id: str) -> tuple[list[dict[str, Any]], str | None]:
+    """The last few messages (oldest first, per-step metrics left out) and the newest event id."""
+    page = call("GET", f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": RECENT_EVENTS})
+    messages = [e for e in reversed(page["data"]) if e.get("type") != "metrics"]
+    return messages[-RECENT_MESSAGES:], (page["data"][0]["id"] if page["data"] else None)
+
+
+def follow(job_id: str, after: str | None, progress: Progress, screen: Screen) -> str | None:
+    """Print events after `after` until the stream's `event: done`; return the last event id."""
+    params = {"stream": "true", **({"after": after} if after else {})}
+    pending = None
     with (
         client(timeout=None) as http,
-        http.stream(
-            "GET", f"/v1/fine_tuning/jobs/{job_id}/events", params={"stream": "true"}
-        ) as response,
+        http.stream("GET", f"/v1/fine_tuning/jobs/{job_id}/events", params=params) as response,
     ):
         if response.status_code >= 400:
             response.read()
@@ -46,33 +115,44 @@ def follow(job_id: str) -> None:
                 pending = line[7:]
             elif line.startswith("data: "):
                 if pending == "done":
-                    return
+                    return after
                 event = json.loads(line[6:])
+                after = event["id"]
                 data = event.get("data") or {}
                 if event.get("type") == "metrics" and "step" in data:
-                    if first_step is None:
-                        first_step, started = int(data["step"]), time.monotonic()
-                    sys.stdout.write("\r" + progress_line(data, started, first_step) + "  ")
+                    progress.update(data, time.time())
+                    screen.progress(progress.line(time.time()))
                 else:
-                    sys.stdout.write(f"\n{event['message']}")
-                sys.stdout.flush()
+                    screen.message(event["message"])
+    return after
 
 
 def watch_job(job_id: str) -> None:
-    """Live progress (step/total, loss, tokens/s, ETA) until the job ends; exit 0 if succeeded."""
-    while True:
-        try:
-            follow(job_id)
-            break
-        except httpx.HTTPError as exc:  # a dropped stream: replay from the start after a pause
-            typer.echo(f"\nstream interrupted ({exc}); reconnecting", err=True)
-            time.sleep(2)
+    """The job's state now, then new events and live progress until it ends; exit 0 if succeeded."""
     job = call("GET", f"/v1/fine_tuning/jobs/{job_id}")
-    while job["status"] not in TERMINAL:  # the stream ended on a paused job's end, say
-        time.sleep(1)
+    screen = Screen()
+    if job["status"] not in TERMINAL:
+        # Attach where the job is: a few recent messages, its figures now, then new events only.
+        context, after = recent_events(job_id)
+        for event in context:
+            screen.message(event["message"])
+        progress = Progress.from_job(job)
+        screen.message(f"{job_id} {job['status']}")
+        if progress.total:
+            screen.progress(progress.line(time.time()))
+        while True:
+            try:
+                after = follow(job_id, after, progress, screen)
+                break
+            except httpx.HTTPError as exc:  # a dropped stream: go on after the last event seen
+                screen.message(f"stream interrupted ({exc}); reconnecting")
+                time.sleep(2)
         job = call("GET", f"/v1/fine_tuning/jobs/{job_id}")
-    typer.echo(
-        f"\n{job_id} {job['status']}"
-        + (f": {job['fine_tuned_model']}" if job["fine_tuned_model"] else "")
-    )
+        while job["status"] not in TERMINAL:  # the stream ended on a paused job's end, say
+            time.sleep(1)
+            job = call("GET", f"/v1/fine_tuning/jobs/{job_id}")
+    model = f": {job['fine_tuned_model']}" if job["fine_tuned_model"] else ""
+    error = job.get("error") or {}
+    reason = f": {error.get('code')}: {error.get('message')}" if error else ""
+    screen.message(f"{job_id} {job['status']}{model}{reason}")
     raise typer.Exit(0 if job["status"] == "succeeded" else 1)

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
 
     # 100 MiB: a GPT-2 corpus larger than this belongs in object storage, not a form post.
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    # 1 MiB: the largest JSON request (a batch of prompts) is a few KB; data goes to uploads.
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
     # One record over a million characters is a whole book in one line: almost surely a mistake.
     max_record_chars: int = Field(default=1_000_000, ge=1)
     # A worker that misses three heartbeats loses its job to another worker.

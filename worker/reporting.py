@@ -23,6 +23,7 @@ from shared.naming import checkpoint_model_id
 from shared.storage import Storage
 from worker.heartbeat import Heartbeat
 from worker.shutdown import shutdown_requested
+from worker.training.callbacks import StopReason
 
 log = logging.getLogger(__name__)
 # Cancel and pause flags are read at most this often: "within a few steps", cheaply.
@@ -47,7 +48,6 @@ class DbReporter:
         self.fine_tuned_id = fine_tuned_id
         self.total_steps = total_steps
         self.flush_seconds = flush_seconds
-        self.stop_cause: str | None = None
         self._metrics: dict[int, dict[str, Any]] = {}
         self._events: list[dict[str, Any]] = []
         self._progress: dict[str, Any] = {}
@@ -103,23 +103,21 @@ class DbReporter:
         self._events.append(self._message_row(message, data))
         self.flush()
 
-    def should_stop(self) -> str | None:
-        """lease_lost, cancel, pause (also for SIGTERM, remembered as stop_cause) or None."""
+    def should_stop(self) -> StopReason | None:
+        """Lease lost first, then SIGTERM, then the user's cancel and pause; None to go on."""
         if self.heartbeat.lost.is_set() or self.heartbeat.expired():
             self.heartbeat.lost.set()
-            return "lease_lost"
+            return StopReason.lease_lost
         if shutdown_requested():
-            self.stop_cause = "shutdown"
-            return "pause"
+            return StopReason.shutdown
         now = time.monotonic()
         if now - self._last_poll >= FLAG_POLL_SECONDS:
             self._last_poll = now
             self._poll_flags()
         if self.heartbeat.cancel_requested:
-            return "cancel"
+            return StopReason.cancel
         if self.heartbeat.pause_requested:
-            self.stop_cause = "pause"
-            return "pause"
+            return StopReason.pause
         return None
 
     def flush(self) -> None:

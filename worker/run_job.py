@@ -1,20 +1,18 @@
 """One job, start to end: claim, validate files, plan, train, record the outcome."""
 
 import logging
-import math
 import os
 import socket
 import time
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.catalog import find_base_model
 from shared.datasets import DatasetError, read_records, task_for_format
-from shared.db.models import File, FineTunedModel, Job, JobStatus
+from shared.db.models import File, Job, JobStatus
 from shared.db.session import session_scope
-from shared.ids import new_sortable_id, now_ts
 from shared.jobs import (
     Lease,
     LeaseLost,
@@ -23,18 +21,26 @@ from shared.jobs import (
     db_unavailable,
     event_row,
     fenced_update,
-    finish_job,
-    release_job,
     retry_db,
 )
 from shared.logging_setup import job_logging
-from shared.metrics_table import load_points, render_csv
 from shared.naming import fine_tuned_model_id
 from shared.settings import Settings, get_settings
 from shared.spec import METHOD_FIELDS, TASK_FIELDS, Hyperparameters, MethodOptions, TaskOptions
 from shared.storage import Storage, get_storage
 from worker.heartbeat import Heartbeat
+from worker.outcomes import (
+    OUTCOME_HANDLERS,
+    Outcome,
+    TrainedRun,
+    handle_failure,
+    handle_lease_lost,
+)
 from worker.reporting import DbReporter, merge_stats
+from worker.training.callbacks import StopReason
+
+if TYPE_CHECKING:  # the engine imports torch: only inside the functions that run it
+    from worker.training.plan import Plan
 
 log = logging.getLogger(__name__)
 
@@ -80,55 +86,34 @@ def record(lease: Lease, message: str, **values: Any) -> None:
     retry_db(transaction, f"job {lease.job_id}: {message!r}", get_settings().lease_seconds)
 
 
-def run_job(job_id: str, worker_id: str) -> None:
-    """Claim job_id and run it to an outcome; returns quietly if another worker has it."""
+def run_job(job_id: str, worker_id: str) -> Outcome:
+    """Claim job_id and run it to an outcome; not_claimed if another worker has it."""
     settings, storage = get_settings(), get_storage()
     with session_scope() as session:
         lease = claim_job(session, job_id, worker_id, settings.lease_seconds, settings.max_attempts)
     if lease is None:
         log.info("job %s: not claimable (taken, finished or cancelled)", job_id)
-        return
+        return Outcome.not_claimed
     log.info("job %s: claimed (attempt %d)", job_id, lease.attempt)
     with (
         job_logging(job_id),
         Heartbeat(lease, settings.lease_seconds, settings.heartbeat_seconds) as heartbeat,
     ):
         try:
-            _run_claimed(lease, heartbeat, settings, storage)
+            run = _train_claimed(lease, heartbeat, settings, storage)
+            return OUTCOME_HANDLERS[run.result.stopped](run)
         except LeaseLost:
-            log.warning("job %s: lease lost; another worker owns it now", job_id)
+            return handle_lease_lost(lease)
         except JobFailure as failure:
-            _fail(lease, failure.error)
+            return handle_failure(lease, failure.error)
         except Exception as exc:
             if db_unavailable(exc):
                 # Nothing false was recorded; the lease lapses and the sweep requeues the job.
                 log.error("job %s: database unavailable, left for the sweep: %s", job_id, exc)
-                return
+                return Outcome.left_for_sweep
             log.exception("job %s: failed", job_id)
-            _fail(
-                lease,
-                {
-                    "code": "internal_error",
-                    "message": f"{type(exc).__name__}: {exc}",
-                    "param": None,
-                },
-            )
-
-
-def _fail(lease: Lease, error: dict[str, Any]) -> None:
-    def transaction() -> None:
-        with session_scope() as session:
-            finish_job(session, lease, JobStatus.failed, error=error)
-            add_events(
-                session, [event_row(lease.job_id, f"Job failed: {error['message']}", level="error")]
-            )
-
-    try:
-        retry_db(
-            transaction, f"job {lease.job_id}: recording failure", get_settings().lease_seconds
-        )
-    except LeaseLost:
-        log.warning("job %s: lease lost before the failure could be recorded", lease.job_id)
+            error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+            return handle_failure(lease, {**error, "param": None})
 
 
 def _snapshot(job_id: str) -> JobSnapshot:
@@ -164,7 +149,7 @@ def _read_file(
 
 def prepare(
     job: JobSnapshot, settings: Settings, storage: Storage, check_memory: bool = True
-) -> Any:
+) -> "Plan":
     """Check the model and files and resolve the plan; JobFailure says what is wrong."""
     from worker.training.models import ModelUnavailable, ensure_available
     from worker.training.plan import PlanError, with_method
@@ -203,7 +188,10 @@ def prepare(
     return plan
 
 
-def _run_claimed(lease: Lease, heartbeat: Heartbeat, settings: Settings, storage: Storage) -> None:
+def _train_claimed(
+    lease: Lease, heartbeat: Heartbeat, settings: Settings, storage: Storage
+) -> TrainedRun:
+    """Validate, plan and train; the engine's result goes to its outcome handler."""
     from worker.training.checkpoints import latest_checkpoint, remove_partial_checkpoints
     from worker.training.engine import train
 
@@ -242,6 +230,7 @@ def _run_claimed(lease: Lease, heartbeat: Heartbeat, settings: Settings, storage
     reporter = DbReporter(
         lease, heartbeat, storage, ft_id, total_steps, settings.metrics_flush_seconds
     )
+    assert plan.train_examples is not None and plan.valid_examples is not None  # __post_init__
     result = train(
         plan.spec,
         plan.train_examples,
@@ -251,115 +240,10 @@ def _run_claimed(lease: Lease, heartbeat: Heartbeat, settings: Settings, storage
         reporter,
         resume_from=resume_from,
     )
-    if result.stopped == "lease_lost":
+    if result.stopped is StopReason.lease_lost:
         raise LeaseLost(f"job {job.id}: lease lost during training")
     reporter.flush()
-    _record_outcome(lease, job, result, reporter, ft_id, storage)
-
-
-def _record_outcome(
-    lease: Lease, job: JobSnapshot, result: Any, reporter: DbReporter, ft_id: str, storage: Storage
-) -> None:
-    heartbeat = reporter.heartbeat
-    results_id = (
-        retry_db(
-            lambda: _store_results(job, storage),
-            f"job {job.id}: storing results",
-            heartbeat.lease_seconds,
-            heartbeat.lost,
-        )
-        if result.stopped is None
-        else None
-    )
-    # The outcome must land: retry through a DB blip. If it never does, the error escapes,
-    # the lease lapses and the sweep requeues the job: success is never claimed unrecorded.
-    retry_db(
-        lambda: _write_outcome(lease, job, result, reporter, ft_id, storage, results_id),
-        f"job {job.id}: recording the outcome",
-        heartbeat.lease_seconds,
-        heartbeat.lost,
-    )
-    if reporter.stop_cause == "shutdown":
-        from worker.dispatch import send_job
-
-        send_job(job.id)
-
-
-def _write_outcome(
-    lease: Lease,
-    job: JobSnapshot,
-    result: Any,
-    reporter: DbReporter,
-    ft_id: str,
-    storage: Storage,
-    results_id: str | None,
-) -> None:
-    """One transaction: the final status, the model row and the closing event."""
-    with session_scope() as session:
-        if result.stopped is None:
-            finish_job(
-                session,
-                lease,
-                JobStatus.succeeded,
-                fine_tuned_model=ft_id,
-                trained_tokens=result.trained_tokens,
-                steps_completed=result.step,
-                estimated_finish=None,
-            )
-            merge_stats(
-                session,
-                job.id,
-                {"result_files": [results_id], "final_metrics": finite(result.final_metrics)},
-            )
-            session.add(
-                FineTunedModel(
-                    id=ft_id,
-                    owner=job.owner,
-                    job_id=job.id,
-                    base_model=job.model,
-                    created_at=now_ts(),
-                    path=storage.relative(storage.model_dir(job.id)),
-                )
-            )
-            message = "The job has successfully completed"
-        elif result.stopped == "cancel":
-            finish_job(session, lease, JobStatus.cancelled, cancel_requested=False)
-            message = f"Job cancelled at step {result.step}"
-        elif reporter.stop_cause == "shutdown":
-            release_job(session, lease, JobStatus.queued, refund_attempt=True)
-            message = f"Worker shutting down: checkpointed at step {result.step}; job requeued"
-        else:
-            release_job(
-                session, lease, JobStatus.paused, refund_attempt=True, pause_requested=False
-            )
-            message = f"Job paused at step {result.step}"
-        add_events(session, [event_row(job.id, message)])
-
-
-def _store_results(job: JobSnapshot, storage: Storage) -> str:
-    """The job's metrics CSV as a fine-tune-results file owned by the job's owner."""
-    with session_scope() as session:
-        data = render_csv(load_points(session, job.id)).encode()
-    file_id = new_sortable_id("file")
-    path = storage.file_path(file_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = storage.tmp_dir() / f"{file_id}.csv"
-    tmp.write_bytes(data)
-    tmp.rename(path)
-    with session_scope() as session:
-        session.add(
-            File(
-                id=file_id,
-                owner=job.owner,
-                filename=f"{job.id}_results.csv",
-                purpose="fine-tune-results",
-                bytes=len(data),
-                format="csv",
-                records=data.count(b"\n") - 1,
-                created_at=now_ts(),
-            )
-        )
-    return file_id
+    return TrainedRun(lease, job, result, reporter, ft_id, storage)
 
 
 def method_message(summary: dict[str, Any]) -> str:
@@ -378,8 +262,3 @@ def store_plan_stats(job_id: str, summary: dict[str, Any]) -> None:
     names = ("training_method", "trainable_parameters", "total_parameters", "memory_estimate")
     with session_scope() as session:
         merge_stats(session, job_id, {name: summary[name] for name in names})
-
-
-def finite(values: dict[str, Any]) -> dict[str, Any]:
-    """values without NaN or infinite floats, which JSON columns refuse."""
-    return {k: v for k, v in values.items() if not (isinstance(v, float) and not math.isfinite(v))}

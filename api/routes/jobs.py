@@ -113,19 +113,22 @@ def list_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
     stream: bool = False,
 ) -> Any:
-    """The job's events, newest first; or with stream=true all of them oldest first, live."""
+    """The job's events, newest first; or with stream=true oldest first, live.
+
+    With stream=true, `after` names the last event the client holds: the stream starts there.
+    """
     with session_scope() as session:
         find_job(session, owner, job_id)
-        if stream:
-            return StreamingResponse(
-                stream_events(job_id),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-            )
         scope = select(JobEvent).where(JobEvent.job_id == job_id)
         after_row = cursor_row(
             lambda i: session.scalars(scope.where(JobEvent.id == i)).first(), after
         )
+        if stream:
+            return StreamingResponse(
+                stream_events(job_id, after_seq=after_row.seq if after_row else 0),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            )
         rows, has_more = newest_first(session, scope, after_row, [JobEvent.seq], limit)
         return ListPage[EventOut](data=[event_out(r) for r in rows], has_more=has_more)
 

@@ -6,6 +6,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
+    Enum,
     Float,
     ForeignKey,
     Index,
@@ -74,7 +75,17 @@ class Job(Base):
     validation_file: Mapped[str | None] = mapped_column(String(40))
     suffix: Mapped[str | None] = mapped_column(String(64))
     seed: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(32), index=True)
+    # Stored as its string value (VARCHAR(32), no database enum type); read back as JobStatus.
+    status: Mapped[JobStatus] = mapped_column(
+        Enum(
+            JobStatus,
+            native_enum=False,
+            length=32,
+            values_callable=lambda statuses: [s.value for s in statuses],
+            validate_strings=True,
+        ),
+        index=True,
+    )
     # What the client asked for ("auto" kept), and what the worker resolved it to.
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     resolved: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -138,3 +138,24 @@ def test_event_stream_sends_history_then_live_events_then_done(
     # Without stream=true the JSON list (newest first) is what it always was.
     listed = api.get(f"{JOBS}/{job_id}/events", headers=alice).json()
     assert listed["object"] == "list" and listed["data"][0]["message"] == "late event"
+
+
+def test_event_stream_after_an_event_sends_only_newer_ones(
+    api: TestClient, alice: dict[str, str], job_id: str
+) -> None:
+    run_reporter(job_id, 4)  # history: the create event and four step events
+    newest = api.get(f"{JOBS}/{job_id}/events", headers=alice, params={"limit": 1}).json()
+    thread = finish_later(job_id, 0.5)
+    params = {"stream": "true", "after": newest["data"][0]["id"]}
+    with api.stream("GET", f"{JOBS}/{job_id}/events", headers=alice, params=params) as response:
+        assert response.status_code == 200
+        text = "".join(response.iter_text())
+    thread.join()
+    blocks = [b for b in text.split("\n\n") if b.strip()]
+    assert blocks[-1].startswith("event: done\n")
+    assert [json.loads(b.removeprefix("data: "))["message"] for b in blocks[:-1]] == ["late event"]
+
+    unknown = api.get(
+        f"{JOBS}/{job_id}/events", headers=alice, params={"stream": "true", "after": "ftevent-x"}
+    )
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "after"

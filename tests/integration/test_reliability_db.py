@@ -20,8 +20,10 @@ from shared.settings import get_settings
 from shared.storage import get_storage
 from tests.integration.test_jobs_lease import claim, make_job, read_job
 from worker.heartbeat import Heartbeat
+from worker.outcomes import Outcome, TrainedRun, handle_success
 from worker.reporting import DbReporter
-from worker.run_job import JobSnapshot, _record_outcome
+from worker.run_job import JobSnapshot
+from worker.training.callbacks import StopReason
 
 LOCK_SECONDS = 2.5
 
@@ -120,20 +122,21 @@ def snapshot(lease: Lease) -> JobSnapshot:
     return JobSnapshot(job.id, job.owner, job.model, "file-x", None, None, 1, {})
 
 
-def outcome(lease: Lease, job: JobSnapshot, lease_seconds: float) -> None:
+def outcome(lease: Lease, job: JobSnapshot, lease_seconds: float) -> Outcome:
     heartbeat = Heartbeat(lease, lease_seconds=lease_seconds, interval=60)
     reporter = DbReporter(lease, heartbeat, get_storage(), "ft:gpt2-tiny:alice::x", 10, 60)
     from worker.training.engine import TrainResult
 
     result = TrainResult(None, 10, 1000, {"train_loss": 1.0}, None)
-    _record_outcome(lease, job, result, reporter, f"ft:m:{lease.job_id}", get_storage())
+    ft_id = f"ft:m:{lease.job_id}"
+    return handle_success(TrainedRun(lease, job, result, reporter, ft_id, get_storage()))
 
 
 def test_outcome_waits_out_a_short_outage_and_lands_once(impatient_db: str) -> None:
     lease = running_job()
     job = snapshot(lease)
     with locked(impatient_db, LOCK_SECONDS):
-        outcome(lease, job, lease_seconds=30)
+        assert outcome(lease, job, lease_seconds=30) is Outcome.succeeded
     row = read_job(lease.job_id)
     assert row.status == JobStatus.succeeded and row.lease_owner is None
     assert count(FineTunedModel, lease.job_id) == 1
@@ -166,4 +169,4 @@ def test_a_worker_frozen_past_its_lease_stops_on_waking(gpt2ft_home: Path) -> No
     reporter = DbReporter(lease, heartbeat, get_storage(), "ft:x", 10, flush_seconds=60)
     assert reporter.should_stop() is None
     time.sleep(0.7)
-    assert reporter.should_stop() == "lease_lost" and heartbeat.lost.is_set()
+    assert reporter.should_stop() is StopReason.lease_lost and heartbeat.lost.is_set()

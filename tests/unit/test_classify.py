@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from shared.catalog import find_base_model
 from shared.spec import Hyperparameters, MethodOptions, TaskOptions
-from worker.training.callbacks import RecordingCallbacks
+from worker.training.callbacks import RecordingCallbacks, StopReason
 from worker.training.checkpoints import latest_checkpoint
 from worker.training.classify import classify, is_classifier, load_for_task
 from worker.training.engine import train
@@ -123,9 +123,9 @@ class PauseAfter(RecordingCallbacks):
     steps: int = 0
     calls: int = 0
 
-    def should_stop(self) -> str | None:
+    def should_stop(self) -> StopReason | None:
         self.calls += 1
-        return "pause" if self.calls > self.steps else None
+        return StopReason.pause if self.calls > self.steps else None
 
 
 def test_classifier_pause_then_resume_matches(models_dir: Path, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The gpt2ft command line: commands, keys against a real database, the dev supervisor."""
 
 import hashlib
+import json
 import os
 import signal
 import sqlite3
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -176,3 +178,91 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_timeout() -> None:
     stop_all([stubborn], timeout=1.0)
     assert 0.9 <= time.monotonic() - started < 8
     assert stubborn.poll() == -signal.SIGKILL
+
+
+def test_run_state_file_is_private_and_ignored_once_its_process_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cli.state import read_run_state, remove_run_state, write_run_state
+
+    path = write_run_state(tmp_path, "http://127.0.0.1:8123", "sk-secret")
+    assert path.stat().st_mode & 0o777 == 0o600
+    state = read_run_state(tmp_path)
+    assert state is not None and (state.url, state.api_key) == (
+        "http://127.0.0.1:8123",
+        "sk-secret",
+    )
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path.write_text(json.dumps({"url": "http://127.0.0.1:1", "api_key": "k", "pid": dead.pid}))
+    assert read_run_state(tmp_path) is None  # what kill -9 of `gpt2ft run` leaves behind
+    remove_run_state(tmp_path)
+    assert path.exists(), "only the process that wrote the file removes it"
+    write_run_state(tmp_path, "http://127.0.0.1:8123", "sk-secret")
+    remove_run_state(tmp_path)
+    assert not path.exists()
+
+
+@pytest.fixture
+def client_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A home folder for the client commands, with no GPT2FT_API_* in the environment."""
+    for name in ("GPT2FT_API_URL", "GPT2FT_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GPT2FT_HOME", str(tmp_path))
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+def test_client_target_prefers_the_environment_then_the_running_service(
+    client_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cli.state import resolve_target, write_run_state
+
+    none = resolve_target()
+    assert none.url == "http://127.0.0.1:8000" and none.api_key is None
+    assert "GPT2FT_API_KEY" in none.key_source and "make run" in none.key_source
+
+    (client_env / "dev-api-key").write_text("sk-saved\n")
+    saved = resolve_target()
+    assert (saved.url, saved.api_key) == ("http://127.0.0.1:8000", "sk-saved")
+
+    write_run_state(client_env, "http://127.0.0.1:8123", "sk-from-run")
+    running = resolve_target()
+    assert (running.url, running.api_key) == ("http://127.0.0.1:8123", "sk-from-run")
+    assert "run.json" in running.url_source
+
+    monkeypatch.setenv("GPT2FT_API_URL", "https://gpt2ft.example.com/")
+    remote = resolve_target()
+    assert remote.url == "https://gpt2ft.example.com" and remote.api_key is None
+    assert "never sent" in remote.key_source  # the local dev key stays local
+    monkeypatch.setenv("GPT2FT_API_KEY", "sk-team")
+    assert resolve_target().api_key == "sk-team"
+
+
+def test_lists_have_a_header_and_aligned_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.tables import print_table
+
+    print_table(
+        ("ID", "STATUS", "FINE-TUNED MODEL"), [("ftjob-1", "running", None), ("j", "ok", "ft:x")]
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["ID", "STATUS", "FINE-TUNED", "MODEL"]
+    assert lines[1].split() == ["ftjob-1", "running"]
+    assert lines[2].index("ok") == lines[0].index("STATUS") == lines[1].index("running")
+    assert lines[2].index("ft:x") == lines[0].index("FINE-TUNED")
+
+
+def test_watch_progress_starts_from_the_job_and_times_only_live_steps() -> None:
+    from cli.watch import Progress
+
+    now = 1_000_000.0
+    job = {"steps_completed": 300, "total_steps": 400, "estimated_finish": now + 100}
+    progress = Progress.from_job({**job, "tokens_per_second": 1500.0})
+    assert progress.line(now) == f"[{'#' * 18}{'.' * 6}] 300/400  1,500 tok/s  ETA 1:40"
+    progress.update({"step": 302, "total_steps": 400, "train_loss": 2.5}, now + 1)
+    assert "ETA 1:39" in progress.line(now + 1)  # one live step: still the service's estimate
+    progress.update({"step": 312, "total_steps": 400, "train_loss": 2.25}, now + 3)
+    # 10 steps in 2 s since attaching: 88 left take 17.6 s.
+    assert progress.line(now + 3).endswith("312/400  loss 2.2500  1,500 tok/s  ETA 0:17")

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from shared.catalog import find_base_model
 from shared.spec import Hyperparameters
-from worker.training.callbacks import RecordingCallbacks
+from worker.training.callbacks import RecordingCallbacks, StopReason
 from worker.training.checkpoints import (
     STATE_FILE,
     latest_checkpoint,
@@ -32,10 +32,10 @@ class StopAt(RecordingCallbacks):
     """Answers reason from the stop_after-th should_stop call on (0-based step count)."""
 
     stop_after: int = 0
-    reason: str = "cancel"
+    reason: StopReason = StopReason.cancel
     calls: int = 0
 
-    def should_stop(self) -> str | None:
+    def should_stop(self) -> StopReason | None:
         self.calls += 1
         return self.reason if self.calls > self.stop_after else None
 
@@ -122,7 +122,7 @@ def test_training_learns_and_saves_loadable_models(plan: Plan, tmp_path: Path) -
 
 
 def test_cancel_stops_within_a_step_and_writes_nothing(plan: Plan, tmp_path: Path) -> None:
-    callbacks = StopAt(stop_after=2, reason="cancel")
+    callbacks = StopAt(stop_after=2, reason=StopReason.cancel)
     result = run(plan, tmp_path, callbacks)
     assert (result.stopped, result.step, result.model_dir) == ("cancel", 2, None)
     assert result.trained_tokens == 2 * 4 * 32
@@ -131,11 +131,18 @@ def test_cancel_stops_within_a_step_and_writes_nothing(plan: Plan, tmp_path: Pat
 
 
 def test_lease_lost_writes_nothing_more(plan: Plan, tmp_path: Path) -> None:
-    callbacks = StopAt(stop_after=6, reason="lease_lost")
+    callbacks = StopAt(stop_after=6, reason=StopReason.lease_lost)
     result = run(plan, tmp_path, callbacks)
     assert (result.stopped, result.step) == ("lease_lost", 6)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000004"]
     assert not (tmp_path / "model").exists()
+
+
+def test_shutdown_checkpoints_then_stops_like_a_pause(plan: Plan, tmp_path: Path) -> None:
+    callbacks = StopAt(stop_after=6, reason=StopReason.shutdown)
+    result = run(plan, tmp_path, callbacks)
+    assert (result.stopped, result.step, result.model_dir) == (StopReason.shutdown, 6, None)
+    assert [step for step, _, _ in callbacks.checkpoints] == [4, 6]
 
 
 def test_pause_then_resume_matches_an_uninterrupted_run(plan: Plan, tmp_path: Path) -> None:
@@ -144,7 +151,7 @@ def test_pause_then_resume_matches_an_uninterrupted_run(plan: Plan, tmp_path: Pa
     straight = RecordingCallbacks()
     run(two_epochs, tmp_path / "straight", straight)
 
-    paused = StopAt(stop_after=6, reason="pause")
+    paused = StopAt(stop_after=6, reason=StopReason.pause)
     result = run(two_epochs, tmp_path / "paused", paused)
     assert (result.stopped, result.step, result.model_dir) == ("pause", 6, None)
     assert [step for step, _, _ in paused.checkpoints] == [4, 6]

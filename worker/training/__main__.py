@@ -19,7 +19,7 @@ from shared.datasets import (
 )
 from shared.settings import get_settings
 from shared.spec import Hyperparameters, TaskOptions
-from worker.training.callbacks import RecordingCallbacks
+from worker.training.callbacks import RecordingCallbacks, StopReason
 from worker.training.checkpoints import latest_checkpoint, remove_partial_checkpoints
 from worker.training.engine import train
 from worker.training.models import ModelUnavailable, ensure_available
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 def pause(callbacks: PrintingCallbacks) -> None:
     """Ask the loop to pause; restore the default handler so a second Ctrl-C kills."""
     print("pausing at the next step (Ctrl-C again to kill); resume with --resume", flush=True)
-    callbacks.stop_reason = "pause"
+    callbacks.stop_reason = StopReason.pause
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 

@@ -1,8 +1,23 @@
 """The contract between the engine and whoever runs it (Celery task, CLI, test)."""
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
+
+
+class StopReason(StrEnum):
+    """Why the engine stopped before the end (TrainResult.stopped is None when it finished)."""
+
+    cancel = "cancel"  # the user cancelled: stop at once, write nothing more
+    pause = "pause"  # the user paused: checkpoint, then stop
+    shutdown = "shutdown"  # the worker is going away (SIGTERM): checkpoint, then stop
+    lease_lost = "lease_lost"  # another worker owns the job now: stop without writing
+
+    @property
+    def checkpoints(self) -> bool:
+        """True when the run is to be resumed later, so it saves a checkpoint first."""
+        return self in (StopReason.pause, StopReason.shutdown)
 
 
 class TrainingCallbacks(Protocol):
@@ -20,8 +35,8 @@ class TrainingCallbacks(Protocol):
     def on_message(self, message: str, data: dict[str, Any] | None = None) -> None:
         """A human-readable progress line ("Epoch 1/2 done: valid_loss 5.12")."""
 
-    def should_stop(self) -> str | None:
-        """Checked every step: None to go on, or a reason ("cancel", "pause", "lease_lost")."""
+    def should_stop(self) -> StopReason | None:
+        """Checked every step: None to go on, or why to stop."""
 
 
 @dataclass
@@ -32,7 +47,7 @@ class RecordingCallbacks:
     evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     checkpoints: list[tuple[int, Path, dict[str, float]]] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
-    stop_reason: str | None = None
+    stop_reason: StopReason | None = None
     verbose: bool = False
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
@@ -49,5 +64,5 @@ class RecordingCallbacks:
         if self.verbose:
             print(message, flush=True)
 
-    def should_stop(self) -> str | None:
+    def should_stop(self) -> StopReason | None:
         return self.stop_reason

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.spec import TrainingSpec
-from worker.training.callbacks import TrainingCallbacks
+from worker.training.callbacks import StopReason, TrainingCallbacks
 from worker.training.checkpoints import (
     checkpoint_name,
     read_checkpoint_info,
@@ -40,7 +40,7 @@ from worker.training.tasks import IGNORE, Examples, as_examples
 class TrainResult:
     """How a run ended: stopped is None when it completed, else the stop reason."""
 
-    stopped: str | None
+    stopped: StopReason | None
     step: int
     trained_tokens: int
     final_metrics: dict[str, float]
@@ -420,7 +420,7 @@ def train(
         order = torch.randperm(len(train_blocks), generator=run.order_generator)
         while progress.step_in_epoch < steps_per_epoch:
             reason = callbacks.should_stop()
-            if reason == "pause":
+            if reason is not None and reason.checkpoints:
                 flush_losses(progress, window)
                 metrics = {
                     "step": progress.global_step,

@@ -1,0 +1,221 @@
+"""The outcome of a claimed job, each recorded by its own handler (success, failure, ...)."""
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+from shared.db.models import File, FineTunedModel, JobStatus
+from shared.db.session import session_scope
+from shared.ids import new_sortable_id, now_ts
+from shared.jobs import (
+    Lease,
+    LeaseLost,
+    add_events,
+    event_row,
+    finish_job,
+    release_job,
+    retry_db,
+)
+from shared.metrics_table import load_points, render_csv
+from shared.settings import get_settings
+from shared.storage import Storage
+from worker.reporting import DbReporter, merge_stats
+from worker.training.callbacks import StopReason
+
+if TYPE_CHECKING:  # the engine imports torch; run_job imports this module
+    from worker.run_job import JobSnapshot
+    from worker.training.engine import TrainResult
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    """How one delivery of a job ended; run_job returns it (for logs and tests)."""
+
+    not_claimed = "not_claimed"  # another worker has it, or it is finished or not waiting
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    paused = "paused"
+    requeued = "requeued"  # the worker shut down: checkpointed and back in the queue
+    lease_lost = "lease_lost"  # the job is not this worker's any more: nothing written
+    left_for_sweep = "left_for_sweep"  # the database was away: the sweep decides later
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """What an outcome handler needs once the engine has returned."""
+
+    lease: Lease
+    job: "JobSnapshot"
+    result: "TrainResult"
+    reporter: DbReporter
+    ft_id: str
+    storage: Storage
+
+
+def handle_lease_lost(lease: Lease) -> Outcome:
+    """Another worker owns the job now: write nothing."""
+    log.warning("job %s: lease lost; another worker owns it now", lease.job_id)
+    return Outcome.lease_lost
+
+
+def handle_failure(lease: Lease, error: dict[str, Any]) -> Outcome:
+    """failed, with the OpenAI-shaped error and an error event."""
+
+    def transaction() -> None:
+        with session_scope() as session:
+            finish_job(session, lease, JobStatus.failed, error=error)
+            message = f"Job failed: {error['message']}"
+            add_events(session, [event_row(lease.job_id, message, level="error")])
+
+    try:
+        retry_db(
+            transaction, f"job {lease.job_id}: recording failure", get_settings().lease_seconds
+        )
+    except LeaseLost:
+        log.warning("job %s: lease lost before the failure could be recorded", lease.job_id)
+        return Outcome.lease_lost
+    return Outcome.failed
+
+
+def land(run: TrainedRun, what: str, write: Callable[[Session], Outcome]) -> Outcome:
+    """write in one transaction, retried through a DB blip while the lease may still hold.
+
+    If it never lands, the error escapes, the lease lapses and the sweep requeues the job:
+    an outcome is never claimed unrecorded.
+    """
+
+    def transaction() -> Outcome:
+        with session_scope() as session:
+            return write(session)
+
+    heartbeat = run.reporter.heartbeat
+    return retry_db(
+        transaction, f"job {run.job.id}: {what}", heartbeat.lease_seconds, heartbeat.lost
+    )
+
+
+def handle_success(run: TrainedRun) -> Outcome:
+    """succeeded: the results file, the model row and the closing event together."""
+    job, result, heartbeat = run.job, run.result, run.reporter.heartbeat
+    results_id = retry_db(
+        lambda: _store_results(job, run.storage),
+        f"job {job.id}: storing results",
+        heartbeat.lease_seconds,
+        heartbeat.lost,
+    )
+
+    def write(session: Session) -> Outcome:
+        finish_job(
+            session,
+            run.lease,
+            JobStatus.succeeded,
+            fine_tuned_model=run.ft_id,
+            trained_tokens=result.trained_tokens,
+            steps_completed=result.step,
+            estimated_finish=None,
+        )
+        merge_stats(
+            session,
+            job.id,
+            {"result_files": [results_id], "final_metrics": finite(result.final_metrics)},
+        )
+        session.add(
+            FineTunedModel(
+                id=run.ft_id,
+                owner=job.owner,
+                job_id=job.id,
+                base_model=job.model,
+                created_at=now_ts(),
+                path=run.storage.relative(run.storage.model_dir(job.id)),
+            )
+        )
+        add_events(session, [event_row(job.id, "The job has successfully completed")])
+        return Outcome.succeeded
+
+    return land(run, "recording success", write)
+
+
+def handle_cancel(run: TrainedRun) -> Outcome:
+    """cancelled, at the step the engine stopped."""
+
+    def write(session: Session) -> Outcome:
+        finish_job(session, run.lease, JobStatus.cancelled, cancel_requested=False)
+        add_events(session, [event_row(run.job.id, f"Job cancelled at step {run.result.step}")])
+        return Outcome.cancelled
+
+    return land(run, "recording the cancel", write)
+
+
+def handle_pause(run: TrainedRun) -> Outcome:
+    """paused, after the engine's checkpoint; the attempt is refunded."""
+
+    def write(session: Session) -> Outcome:
+        release_job(
+            session, run.lease, JobStatus.paused, refund_attempt=True, pause_requested=False
+        )
+        add_events(session, [event_row(run.job.id, f"Job paused at step {run.result.step}")])
+        return Outcome.paused
+
+    return land(run, "recording the pause", write)
+
+
+def handle_shutdown(run: TrainedRun) -> Outcome:
+    """queued again after the engine's checkpoint (SIGTERM), attempt refunded; then re-sent."""
+    from worker.dispatch import send_job
+
+    def write(session: Session) -> Outcome:
+        release_job(session, run.lease, JobStatus.queued, refund_attempt=True)
+        message = f"Worker shutting down: checkpointed at step {run.result.step}; job requeued"
+        add_events(session, [event_row(run.job.id, message)])
+        return Outcome.requeued
+
+    outcome = land(run, "requeueing", write)
+    send_job(run.job.id)
+    return outcome
+
+
+# Each way a training run can end, and the one function that records it.
+OUTCOME_HANDLERS: dict[StopReason | None, Callable[[TrainedRun], Outcome]] = {
+    None: handle_success,
+    StopReason.cancel: handle_cancel,
+    StopReason.pause: handle_pause,
+    StopReason.shutdown: handle_shutdown,
+}
+
+
+def _store_results(job: "JobSnapshot", storage: Storage) -> str:
+    """The job's metrics CSV as a fine-tune-results file owned by the job's owner."""
+    with session_scope() as session:
+        data = render_csv(load_points(session, job.id)).encode()
+    file_id = new_sortable_id("file")
+    path = storage.file_path(file_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = storage.tmp_dir() / f"{file_id}.csv"
+    tmp.write_bytes(data)
+    tmp.rename(path)
+    with session_scope() as session:
+        session.add(
+            File(
+                id=file_id,
+                owner=job.owner,
+                filename=f"{job.id}_results.csv",
+                purpose="fine-tune-results",
+                bytes=len(data),
+                format="csv",
+                records=data.count(b"\n") - 1,
+                created_at=now_ts(),
+            )
+        )
+    return file_id
+
+
+def finite(values: dict[str, Any]) -> dict[str, Any]:
+    """values without NaN or infinite floats, which JSON columns refuse."""
+    return {k: v for k, v in values.items() if not (isinstance(v, float) and not math.isfinite(v))}
