@@ -67,6 +67,8 @@ class JobSnapshot:
     hyperparameters: dict[str, Any]
     # Extension request fields (task, packing, max_length, method fields).
     options: dict[str, Any] | None = None
+    # Figures earlier attempts left (micro_batch_limit after running out of memory, ...).
+    stats: dict[str, Any] | None = None
 
 
 @lru_cache
@@ -114,6 +116,21 @@ def run_job(job_id: str, worker_id: str) -> Outcome:
             log.exception("job %s: failed", job_id)
             error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
             return handle_failure(lease, {**error, "param": None})
+        finally:
+            release_job_memory()
+
+
+def release_job_memory() -> None:
+    """After every job: the GPU memory its tensors held goes back to the driver.
+
+    Otherwise the next job's memory check (and the inference process) would see the cached
+    blocks as taken. Nothing to do in a process that never trained.
+    """
+    import sys
+
+    device = sys.modules.get("worker.training.device")
+    if device is not None:
+        device.release_memory()
 
 
 def _snapshot(job_id: str) -> JobSnapshot:
@@ -130,6 +147,7 @@ def _snapshot(job_id: str) -> JobSnapshot:
             job.seed,
             dict(job.hyperparameters),
             dict(job.options or {}),
+            dict(job.stats or {}),
         )
 
 
@@ -239,6 +257,8 @@ def _train_claimed(
         storage.model_dir(job.id),
         reporter,
         resume_from=resume_from,
+        log_every_steps=settings.log_every_steps,
+        micro_batch_limit=(job.stats or {}).get("micro_batch_limit"),
     )
     if result.stopped is StopReason.lease_lost:
         raise LeaseLost(f"job {job.id}: lease lost during training")

@@ -318,6 +318,26 @@ def final_results(
     return final
 
 
+def announce_micro_batch(
+    run: Run, spec: TrainingSpec, callbacks: TrainingCallbacks
+) -> TrainingSpec:
+    """The spec with the accumulation the micro-batch needs, told to the event log."""
+    if run.accumulation and run.accumulation != spec.gradient_accumulation_steps:
+        spec = spec.model_copy(update={"gradient_accumulation_steps": run.accumulation})
+        text = (
+            f"batch_size {spec.batch_size} does not fit in one pass on {run.device}: "
+            f"{run.accumulation} accumulated micro-batches of {micro_batch_size(spec)} per step"
+        )
+    elif run.probed:
+        text = f"batch_size {spec.batch_size} fits in one pass on {run.device}"
+    else:
+        return spec
+    accumulation = spec.gradient_accumulation_steps
+    data = {"micro_batch_size": micro_batch_size(spec), "gradient_accumulation_steps": accumulation}
+    callbacks.on_message(text, {**data, "probed": run.probed})
+    return spec
+
+
 def step_or_out_of_memory(
     run: Run, batch: dict[str, torch.Tensor] | Any, spec: TrainingSpec
 ) -> tuple[torch.Tensor, float, Any] | None:
@@ -362,7 +382,7 @@ def stop_for_memory(
         {"micro_batch_size": micro, "step": progress.global_step},
     )
     return TrainResult(
-        "out_of_memory",
+        StopReason.out_of_memory,
         progress.global_step,
         progress.tokens_seen,
         {"micro_batch_size": micro},
@@ -397,14 +417,7 @@ def train(
     run_device = pick_device(device)
     reset_peak(run_device)
     run = setup_run(spec, total_steps, run_device, resume_from, data, micro_batch_limit)
-    if run.accumulation and run.accumulation != spec.gradient_accumulation_steps:
-        spec = spec.model_copy(update={"gradient_accumulation_steps": run.accumulation})
-        micro = micro_batch_size(spec)
-        callbacks.on_message(
-            f"batch_size {spec.batch_size} does not fit in one pass on {run.device}: "
-            f"{run.accumulation} accumulated micro-batches of {micro} per step",
-            {"micro_batch_size": micro, "gradient_accumulation_steps": run.accumulation},
-        )
+    spec = announce_micro_batch(run, spec, callbacks)
     log_every_steps = log_every_steps or (10 if run.device.type == "cuda" else 1)
     progress = run.progress
     window: list[torch.Tensor] = []

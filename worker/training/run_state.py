@@ -58,6 +58,8 @@ class Run:
     # Set when the micro-batch had to shrink (the CUDA probe, or a retry after running out
     # of memory): the accumulation steps that reach batch_size with it.
     accumulation: int | None = None
+    # True when batch_size "auto" had the CUDA probe try the micro-batch.
+    probed: bool = False
 
 
 def seed_everything(seed: int) -> None:
@@ -94,6 +96,7 @@ def choose_micro_batch(
     ceiling = min(micro, limit) if limit else micro
     if spec.probe_micro_batch and run.device.type == "cuda":
         ceiling = probe_micro_batch(run.model, examples, run.device, run.amp_dtype, ceiling)
+        run.probed = True
     if ceiling >= micro:
         return None
     return accumulation_for(spec.batch_size, ceiling)
