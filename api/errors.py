@@ -16,6 +16,8 @@ _LOCATION_ROOTS = {"body", "query", "path", "header", "cookie"}
 _TYPE_TAGS = {"int", "float", "str", "bool", "list", "dict", "none", "bytes"}
 # Specific errors win over "wrong type" errors from the other union branches.
 _PRIORITY = {"extra_forbidden": 0, "missing": 0, "literal_error": 3}
+# A 422 quotes the bad value this far: enough to recognise it, never the whole request back.
+MAX_ECHO_CHARS = 100
 
 
 class ApiError(Exception):
@@ -49,6 +51,8 @@ def envelope(
     status: int, message: str, type: str, param: str | None = None, code: str | None = None
 ) -> JSONResponse:
     """The JSON response OpenAI clients parse as an error."""
+    # A lone surrogate from the client's input cannot be encoded as UTF-8: escape it.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     body = {"error": {"message": message, "type": type, "param": param, "code": code}}
     return JSONResponse(status_code=status, content=body)
 
@@ -58,7 +62,7 @@ def _field_path(loc: Sequence[Any]) -> str:
     if parts and parts[0] in _LOCATION_ROOTS:
         parts = parts[1:]
     kept = [p for p in parts if not ({"[", "-", "'"} & set(p)) and p not in _TYPE_TAGS]
-    return ".".join(kept)
+    return ".".join(kept)[:MAX_ECHO_CHARS]
 
 
 def _describe(error: dict[str, Any], param: str, accepts_auto: bool) -> str:
@@ -68,7 +72,10 @@ def _describe(error: dict[str, Any], param: str, accepts_auto: bool) -> str:
     if kind == "missing":
         return f"'{param}' is required"
     alternative = ' or "auto"' if accepts_auto else ""
-    return f"{param}: {error['msg']}{alternative} (got {error.get('input')!r})"
+    got = repr(error.get("input"))
+    if len(got) > MAX_ECHO_CHARS:
+        got = f"{got[:MAX_ECHO_CHARS]}... ({len(got)} characters)"
+    return f"{param}: {error['msg']}{alternative} (got {got})"
 
 
 def validation_error(

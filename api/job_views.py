@@ -2,10 +2,9 @@
 
 from typing import Any
 
-from api.job_methods import shown_method
 from api.schemas import CheckpointMetrics, CheckpointOut, EventOut, JobErrorOut, JobOut, MethodOut
-from shared.db.models import Checkpoint, Job, JobEvent
-from shared.spec import TASK_FIELDS
+from shared.db.tables import Checkpoint, Job, JobEvent
+from shared.spec import JobOptions, MethodOptions, TaskOptions, part_of
 
 # What the SDK's Hyperparameters shows before a worker resolves "auto".
 OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
@@ -18,8 +17,19 @@ def shown_hyperparameters(job: Job) -> dict[str, Any]:
     shown: dict[str, Any] = {name: "auto" for name in OPENAI_HYPERPARAMETERS}
     shown.update(job.hyperparameters or {})
     # The task is resolved at creation (inferred from the file): show it before the worker runs.
-    options = job.options or {}
-    shown.update({name: options[name] for name in TASK_FIELDS if name in options})
+    options = JobOptions.model_validate(job.options or {})
+    shown.update(part_of(TaskOptions, options).model_dump(mode="json", exclude_unset=True))
+    return shown
+
+
+def shown_method(options: dict[str, Any] | None) -> dict[str, Any]:
+    """The method options with defaults filled in, as the job object shows them."""
+    method = part_of(MethodOptions, JobOptions.model_validate(options or {}))
+    shown = method.model_dump(mode="json")
+    lora = method.resolved_lora()
+    shown["lora"] = lora.model_dump(mode="json") if lora else None
+    if method.training_method != "transfer":
+        shown.pop("trainable_layers")
     return shown
 
 
@@ -59,6 +69,7 @@ def job_out(job: Job) -> JobOut:
         validation_file=job.validation_file,
         estimated_finish=job.estimated_finish,
         user_provided_suffix=job.suffix,
+        metadata=job.job_metadata,
         method=MethodOut(supervised={"hyperparameters": hyperparameters}),
         steps_completed=job.steps_completed or 0,
         total_steps=job.total_steps,

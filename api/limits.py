@@ -4,7 +4,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
-from shared.db.models import TERMINAL_STATUSES, File, Job
+from shared.db.tables import TERMINAL_STATUSES, File, Job
 from shared.settings import get_settings
 
 # Jobs finish within minutes to hours; a client that backs off a minute loses little.

@@ -14,8 +14,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric, SummaryMetricFamil
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.db.models import Job, JobStatus
 from shared.db.session import session_scope
+from shared.db.tables import Job, JobStatus
 from shared.naming import INFERENCE_QUEUE, TRAINING_QUEUE
 from shared.settings import get_settings
 

@@ -2,6 +2,8 @@
 
 import contextlib
 import logging
+import time
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -9,7 +11,15 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 
 from api.errors import ApiError
-from shared.naming import GENERATE_TASK, INFERENCE_QUEUE, TRAIN_TASK, TRAINING_QUEUE
+from api.slots import claim_slot, free_slot
+from shared.naming import (
+    CLASSIFY_TASK,
+    DRY_RUN_TASK,
+    GENERATE_TASK,
+    INFERENCE_QUEUE,
+    TRAIN_TASK,
+    TRAINING_QUEUE,
+)
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -63,9 +73,9 @@ def send_training(job_id: str) -> bool:
     return True
 
 
-def _unreachable(exc: Exception) -> ApiError:
+def _unreachable(task: str, exc: Exception) -> ApiError:
     """503 for a broker or result store that does not answer."""
-    log.warning("task queue unreachable for %s: %s", GENERATE_TASK, exc)
+    log.warning("task queue unreachable for %s: %s", task, exc)
     queue_app.cache_clear()  # a result consumer that gave up must not serve the next request
     return ApiError(
         503,
@@ -75,10 +85,37 @@ def _unreachable(exc: Exception) -> ApiError:
     )
 
 
-def run_generation(
-    request: dict[str, Any], timeout: float, task: str = GENERATE_TASK
+# A slot outlives its request's timeout by this much, then frees itself (a killed API).
+SLOT_GRACE_SECONDS = 30.0
+
+
+@contextlib.contextmanager
+def inference_slot(owner: str, timeout: float) -> Iterator[None]:
+    """Hold one of the owner's in-flight inference slots (shared by every API process)."""
+    slot = claim_slot(
+        "inflight_requests",
+        owner,
+        timeout + SLOT_GRACE_SECONDS,
+        "max_inflight_inference_per_owner",
+        "inference requests in flight",
+        "wait for one to answer",
+    )
+    try:
+        yield
+    finally:
+        free_slot(slot)
+
+
+def _ask_inference_worker(
+    task: str, owner: str, request: dict[str, Any], timeout: float
 ) -> dict[str, Any]:
-    """Send a request (generate, or another inference task) to the inference queue and wait."""
+    """Send request as task to the inference queue and wait up to timeout for the answer."""
+    with inference_slot(owner, timeout):
+        # The worker stops at the deadline too: nobody reads an answer after it.
+        return _send_and_wait(task, {**request, "deadline": time.time() + timeout}, timeout)
+
+
+def _send_and_wait(task: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
     no_worker = ApiError(
         503,
         f"no inference worker answered within {timeout:g}s; is `gpt2ft worker` running?",
@@ -95,17 +132,35 @@ def run_generation(
             retry_policy=_RETRY_POLICY,
         )
     except Exception as exc:
-        raise _unreachable(exc) from None
+        raise _unreachable(task, exc) from None
     try:
         answer = result.get(timeout=timeout, propagate=False)
     except CeleryTimeout:
         raise no_worker from None
     except Exception as exc:
-        raise _unreachable(exc) from None
+        raise _unreachable(task, exc) from None
     finally:
         with contextlib.suppress(Exception):
             result.forget()
     if isinstance(answer, BaseException) or not isinstance(answer, dict):
-        log.warning("inference worker failed: %r", answer)
-        raise ApiError(500, f"the inference worker failed: {answer}", type="server_error")
+        log.warning("inference worker failed on %s: %r", task, answer)
+        # The worker's exception text stays in the logs: it can quote paths and other input.
+        raise ApiError(500, "the inference worker failed; see the worker log", type="server_error")
+    if (answer.get("error") or {}).get("code") == "deadline_exceeded":
+        raise no_worker
     return answer
+
+
+def run_completion(owner: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Generated text for a /v1/completions request, from an inference worker."""
+    return _ask_inference_worker(GENERATE_TASK, owner, request, timeout)
+
+
+def run_classification(owner: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Labels and probabilities for a /v1/classifications request, from an inference worker."""
+    return _ask_inference_worker(CLASSIFY_TASK, owner, request, timeout)
+
+
+def run_dry_run(owner: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """A dry-run job's resolved plan (tokens, steps, memory), from an inference worker."""
+    return _ask_inference_worker(DRY_RUN_TASK, owner, request, timeout)

@@ -1,5 +1,7 @@
 """The API key is checked, and a JSON body capped, before the app reads a byte of the body."""
 
+import re
+
 from fastapi.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -9,6 +11,8 @@ from shared.settings import get_settings
 
 # Uploads stream to disk under their own limit (max_upload_bytes, api/uploads.py).
 STREAMED_ROUTES = {("POST", "/v1/files")}
+# A JSON \u0000 escape (not an escaped backslash followed by "u0000").
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -28,13 +32,30 @@ def request_too_large(limit: int) -> ApiError:
     )
 
 
-async def read_capped_body(scope: Scope, receive: Receive, limit: int) -> Receive:
-    """Read the whole body (at most limit bytes, else 413) and replay it to the app."""
+def check_no_nul(scope: Scope, body: bytes) -> None:
+    """400 for a NUL character in the path, the query or a JSON body.
+
+    No id, name or text here has a use for one, and Postgres cannot store it in text.
+    """
+    query = scope.get("query_string", b"")
+    if "\x00" in scope["path"] or b"%00" in query or b"\x00" in query:
+        where = "URL"
+    elif b"\x00" in body or _JSON_NUL.search(body):
+        where = "request body"
+    else:
+        return
+    raise ApiError(
+        400, f"the {where} contains a NUL character (\\u0000); remove it", code="nul_character"
+    )
+
+
+async def read_capped_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole body, read before the app runs: at most limit bytes, else 413."""
     declared = _header(scope, b"content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
         raise request_too_large(limit)  # refused before any of it arrives
     if declared in (None, "0") and _header(scope, b"transfer-encoding") is None:
-        return receive
+        return b""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -47,7 +68,12 @@ async def read_capped_body(scope: Scope, receive: Receive, limit: int) -> Receiv
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             break
-    replay: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+    return b"".join(chunks)
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the app the body already read, then the client's next messages."""
+    replay: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def replayed() -> Message:
         return replay.pop() if replay else await receive()
@@ -62,7 +88,7 @@ class RequestGuard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """401 or 413 without reading the body; otherwise the app, owner in scope state."""
+        """401 or 413 without reading the body, 400 for NUL; else the app, owner in scope state."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -71,9 +97,11 @@ class RequestGuard:
             if path == "/v1" or path.startswith("/v1/"):
                 token = bearer_token(_header(scope, b"authorization"))
                 scope.setdefault("state", {})["owner"] = await run_in_threadpool(owner_of, token)
+            body = b""
             if (scope["method"], path) not in STREAMED_ROUTES:
-                limit = get_settings().max_request_bytes
-                receive = await read_capped_body(scope, receive, limit)
+                body = await read_capped_body(scope, receive, get_settings().max_request_bytes)
+                receive = replaying(body, receive)
+            check_no_nul(scope, body)
         except ApiError as exc:
             response = envelope(exc.status, exc.message, exc.type, exc.param, exc.code)
             await response(scope, receive, send)

@@ -4,6 +4,14 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.spec import (
+    ExtensionHyperparameters,
+    Hyperparameters,
+    JobOptions,
+    Seed,
+    defaults_described,
+)
+
 T = TypeVar("T")
 
 
@@ -43,7 +51,7 @@ class SupervisedIn(BaseModel):
     """method.supervised of a create-job body."""
 
     model_config = ConfigDict(extra="forbid")
-    hyperparameters: dict[str, Any] | None = None
+    hyperparameters: Hyperparameters | None = None
 
 
 class MethodIn(BaseModel):
@@ -54,6 +62,13 @@ class MethodIn(BaseModel):
     supervised: SupervisedIn | None = None
 
 
+# OpenAI's limits: 16 pairs, keys of 64 characters, values of 512.
+Metadata = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
+    Field(max_length=16, description="Up to 16 key-value pairs, stored with the job"),
+]
+
+
 JOB_EXAMPLE: dict[str, Any] = {
     "model": "gpt2-tiny",
     "training_file": "file-abc123",
@@ -62,47 +77,35 @@ JOB_EXAMPLE: dict[str, Any] = {
 }
 
 
-class JobCreate(BaseModel):
-    """OpenAI's create-job body plus gpt2ft's extension hyperparameters at the top level."""
+def _job_create_schema(schema: dict[str, Any]) -> None:
+    defaults_described(schema)
+    schema["examples"] = [JOB_EXAMPLE]
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [JOB_EXAMPLE]})
+
+class OpenAIJobCreate(BaseModel):
+    """OpenAI's create-job body."""
+
+    model_config = ConfigDict(extra="forbid")
     model: str = Field(description="A base model from GET /v1/models")
     training_file: str
     validation_file: str | None = None
-    hyperparameters: dict[str, Any] | None = Field(
-        default=None,
-        description="n_epochs, batch_size, learning_rate_multiplier (int or auto) "
-        "and the gpt2ft extensions learning_rate, block_size, validation_split, warmup_ratio, "
-        "weight_decay",
-    )
+    hyperparameters: Hyperparameters | None = None
     suffix: Annotated[str, Field(max_length=40, pattern=r"^[A-Za-z0-9_-]*$")] | None = None
-    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    seed: Seed | None = None
     method: MethodIn | None = None
+    # Refused when given: gpt2ft has no integrations (a 400 naming the field, not a silent drop).
     integrations: list[Any] | None = None
-    metadata: dict[str, str] | None = None
-    learning_rate: float | None = None
-    block_size: int | None = None
-    validation_split: float | None = None
-    warmup_ratio: float | None = None
-    weight_decay: float | None = None
-    # Task extensions (shared.spec.TaskOptions checks them); the task is inferred when absent.
-    task: Any = None
-    packing: Any = None
-    max_length: Any = None
-    # Hyperparameter extensions (shared.spec.Hyperparameters checks them).
-    lr_scheduler: Any = None
-    max_grad_norm: Any = None
-    gradient_checkpointing: Any = None
-    gradient_accumulation_steps: Any = None
-    eval_every_steps: Any = None
-    early_stopping_patience: Any = None
-    keep: Any = None
-    checkpoint_every_steps: Any = None
-    # Method extensions (shared.spec.MethodOptions checks them).
-    training_method: Any = None
-    trainable_layers: Any = None
-    lora: Any = None
-    sample_prompts: Any = None
+    metadata: Metadata | None = None
+
+
+class JobCreate(ExtensionHyperparameters, JobOptions, OpenAIJobCreate):
+    """OpenAI's create-job body plus gpt2ft's extensions (the shared.spec groups) at the top level.
+
+    Extension hyperparameters may also go in hyperparameters; the task and method options
+    only here. Only what the client set counts (model_fields_set): defaults are the server's.
+    """
+
+    model_config = ConfigDict(json_schema_extra=_job_create_schema)
     # Resolve and return the plan without creating a job.
     dry_run: bool = False
 
@@ -259,6 +262,9 @@ class ModelOut(BaseModel):
     owned_by: str
 
 
+StopText = Annotated[str, Field(max_length=64)]
+
+
 class CompletionCreate(BaseModel):
     """OpenAI's completion body (non-streaming) plus top_k."""
 
@@ -274,7 +280,8 @@ class CompletionCreate(BaseModel):
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(ge=0, le=1)] = 1.0
     n: Annotated[int, Field(ge=1, le=16)] = 1
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    # Four sequences of 64 characters, as OpenAI allows: each is checked after every token.
+    stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None
     seed: int | None = None
     echo: bool = False
     top_k: Annotated[int, Field(ge=0, le=50_000)] | None = None

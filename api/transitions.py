@@ -8,7 +8,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError, not_found
-from shared.db.models import Job, JobEvent, JobStatus
+from shared.db.tables import Job, JobEvent, JobStatus
 from shared.ids import new_id, now_ts
 
 S = JobStatus
@@ -16,10 +16,10 @@ S = JobStatus
 _ATTEMPTS = 5
 
 # For each action: status -> (new values, event message) or None to return the job unchanged.
-Plan = dict[str, tuple[dict[str, Any], str | None] | None]
+TransitionTable = dict[str, tuple[dict[str, Any], str | None] | None]
 
 
-def _cancel_plan() -> Plan:
+def _cancel_table() -> TransitionTable:
     cancelled = {"status": S.cancelled.value, "finished_at": now_ts(), "cancel_requested": True}
     return {
         S.validating_files: (cancelled, "Job cancelled"),
@@ -30,7 +30,7 @@ def _cancel_plan() -> Plan:
     }
 
 
-def _pause_plan() -> Plan:
+def _pause_table() -> TransitionTable:
     paused = {"status": S.paused.value, "pause_requested": False}
     return {
         S.validating_files: (paused, "Job paused"),
@@ -40,15 +40,15 @@ def _pause_plan() -> Plan:
     }
 
 
-def _resume_plan() -> Plan:
+def _resume_table() -> TransitionTable:
     queued = {"status": S.queued.value, "pause_requested": False, "enqueued_at": time.time()}
     return {S.paused: (queued, "Job resumed")}
 
 
-PLANS: dict[str, Callable[[], Plan]] = {
-    "cancel": _cancel_plan,
-    "pause": _pause_plan,
-    "resume": _resume_plan,
+TRANSITION_TABLES: dict[str, Callable[[], TransitionTable]] = {
+    "cancel": _cancel_table,
+    "pause": _pause_table,
+    "resume": _resume_table,
 }
 
 
@@ -70,14 +70,14 @@ def transition(session: Session, owner: str, job_id: str, action: str) -> tuple[
         job = session.get(Job, job_id, populate_existing=True)
         if job is None or job.owner != owner:
             raise not_found("job", job_id)
-        plan = PLANS[action]()
-        if job.status not in plan:
+        table = TRANSITION_TABLES[action]()
+        if job.status not in table:
             raise ApiError(
                 409,
                 f"cannot {action} job {job_id}: its status is {job.status}",
                 code="invalid_state",
             )
-        step = plan[job.status]
+        step = table[job.status]
         if step is None:
             return job, False
         values, message = step

@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,23 @@ from api.errors import ApiError
 
 # Form fields besides the file (purpose) are tiny; anything bigger is not a form we know.
 MAX_FIELD_BYTES = 64 * 1024
+
+
+# The filename column holds 255 characters; a longer name keeps its end (the extension).
+MAX_FILENAME_CHARS = 255
+
+
+def safe_filename(sent: str) -> str:
+    """The base name of a client's file name, without control or direction characters.
+
+    Both / and \\ separate folders (browsers on Windows send C:\\...\\name); Unicode
+    categories Cc and Cf cover NUL, newlines and the right-to-left override that disguises
+    an extension. May be empty: the caller refuses that.
+    """
+    base = sent.replace("\\", "/").rsplit("/", 1)[-1]
+    kept = "".join(c for c in base if unicodedata.category(c) not in ("Cc", "Cf", "Cs"))
+    kept = kept.strip().lstrip(".")
+    return kept[-MAX_FILENAME_CHARS:]
 
 
 class UploadTooLarge(Exception):

@@ -53,7 +53,7 @@ def main() -> None:
 
     from shared.catalog import find_base_model
     from worker.training.data import group_texts, join_with_eos, tokenize_records
-    from worker.training.models import load_tokenizer
+    from worker.training.model_loading import load_tokenizer
 
     records = corpus(args.chars)
     cut = len(records) * 9 // 10

@@ -120,8 +120,8 @@ def add_file(rows: list[dict[str, str]], kind: str) -> str:
 
     kind: the stored record kind, "text", "completion" or "label".
     """
-    from shared.db.models import File
     from shared.db.session import session_scope
+    from shared.db.tables import File
     from shared.ids import new_sortable_id, now_ts
     from shared.storage import get_storage
 
@@ -147,8 +147,8 @@ def add_file(rows: list[dict[str, str]], kind: str) -> str:
 
 def add_job(model: str, file_id: str, hyperparameters: dict, options: dict) -> str:
     """A job row as POST /v1/fine_tuning/jobs creates it (validating_files, attempt 0)."""
-    from shared.db.models import Job, JobStatus
     from shared.db.session import session_scope
+    from shared.db.tables import Job, JobStatus
     from shared.ids import new_sortable_id, now_ts
 
     job_id = new_sortable_id("ftjob")
@@ -177,8 +177,8 @@ def set_job(job_id: str, **values: Any) -> None:
     """Write columns of a job (a user's pause, the API's resume)."""
     from sqlalchemy import update
 
-    from shared.db.models import Job
     from shared.db.session import session_scope
+    from shared.db.tables import Job
 
     with session_scope() as session:
         session.execute(update(Job).where(Job.id == job_id).values(**values))
@@ -202,8 +202,8 @@ def read_job(job_id: str) -> JobView:
     """The job's status, stats, events and steady training throughput, from the database."""
     from sqlalchemy import select
 
-    from shared.db.models import Job, JobEvent, Metric
     from shared.db.session import session_scope
+    from shared.db.tables import Job, JobEvent, Metric
     from shared.storage import get_storage
 
     with session_scope() as session:

@@ -2,8 +2,8 @@
 
 from alembic import context
 
-from shared.db.models import Base
 from shared.db.session import make_engine
+from shared.db.tables import Base
 from shared.settings import get_settings
 
 config = context.config

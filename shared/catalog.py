@@ -22,7 +22,7 @@ METADATA_FILE = "gpt2ft.json"
 
 
 @dataclass(frozen=True)
-class BaseModel:
+class BaseModelEntry:
     """A base model: where it loads from and what it says about itself."""
 
     name: str
@@ -37,10 +37,10 @@ class BaseModel:
         return float(self.metadata.get("base_learning_rate", DEFAULT_BASE_LEARNING_RATE))
 
 
-def _local_model(folder: Path) -> BaseModel:
+def _local_model(folder: Path) -> BaseModelEntry:
     meta_path = folder / METADATA_FILE
     metadata = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    return BaseModel(
+    return BaseModelEntry(
         name=folder.name,
         source="local",
         location=str(folder.resolve()),
@@ -49,22 +49,22 @@ def _local_model(folder: Path) -> BaseModel:
     )
 
 
-def list_base_models(models_dir: Path) -> list[BaseModel]:
+def list_base_models(models_dir: Path) -> list[BaseModelEntry]:
     """Local folders with a config.json, then catalog names no local folder shadows."""
-    local: dict[str, BaseModel] = {}
+    local: dict[str, BaseModelEntry] = {}
     if models_dir.is_dir():
         for folder in sorted(models_dir.iterdir()):
             if MODEL_NAME.match(folder.name) and (folder / "config.json").is_file():
                 local[folder.name] = _local_model(folder)
     catalog = [
-        BaseModel(name=name, source="catalog", location=repo, created=0, metadata={})
+        BaseModelEntry(name=name, source="catalog", location=repo, created=0, metadata={})
         for name, repo in CATALOG.items()
         if name not in local
     ]
     return list(local.values()) + catalog
 
 
-def find_base_model(name: str, models_dir: Path) -> BaseModel | None:
+def find_base_model(name: str, models_dir: Path) -> BaseModelEntry | None:
     """The base model called name, or None."""
     if not MODEL_NAME.match(name):
         return None
@@ -72,7 +72,7 @@ def find_base_model(name: str, models_dir: Path) -> BaseModel | None:
     if (folder / "config.json").is_file():
         return _local_model(folder)
     if name in CATALOG:
-        return BaseModel(
+        return BaseModelEntry(
             name=name, source="catalog", location=CATALOG[name], created=0, metadata={}
         )
     return None

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,14 @@ KIND_CODES = {"text": "text", "completion": "completion", "classification": "lab
 CODE_KINDS = {code: kind for kind, code in KIND_CODES.items()}
 
 Record = dict[str, str]
+# A label of more digits is not a class id; Python refuses past 4300 digits anyway.
+MAX_INT_DIGITS = 100
+# A class name, not a sentence: labels are saved in the model's config as id2label.
+MAX_LABEL_CHARS = 100
+# Names from the file quoted in errors are cut here: an error must not echo a megabyte back.
+MAX_SHOWN_CHARS = 80
+# A surrogate left in a decoded string is a lone one ("\ud800"): no UTF-8 can carry it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class DatasetError(ValueError):
@@ -32,9 +41,24 @@ class DatasetError(ValueError):
 
     def __init__(self, message: str, line: int | None = None, field: str | None = None) -> None:
         self.line = line
-        self.field = field
+        self.field = field and shown(field)
         where = f"line {line}: " if line is not None else ""
         super().__init__(where + message)
+
+
+def shown(text: str) -> str:
+    """text as an error may quote it: cut short, lone surrogates escaped (valid UTF-8)."""
+    cut = text if len(text) <= MAX_SHOWN_CHARS else text[:MAX_SHOWN_CHARS] + "..."
+    return cut.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise DatasetError(
+            f"holds a number of {len(digits.lstrip('-'))} digits (at most {MAX_INT_DIGITS}); "
+            "write long labels as strings"
+        )
+    return int(digits)
 
 
 @dataclass(frozen=True)
@@ -135,7 +159,9 @@ def check_record(number: int, record: dict[str, Any], kind: str, max_chars: int)
     for name in record:
         if name not in expected:
             raise DatasetError(
-                f'unknown field "{name}"; expected {_quoted(expected)}', line=number, field=name
+                f'unknown field "{shown(name)}"; expected {_quoted(expected)}',
+                line=number,
+                field=name,
             )
     out: Record = {}
     for name in expected:
@@ -147,6 +173,19 @@ def check_record(number: int, record: dict[str, Any], kind: str, max_chars: int)
             raise DatasetError(f'"{name}" must be {kinds}', line=number, field=name)
         if not value.strip():
             raise DatasetError(f'"{name}" is empty', line=number, field=name)
+        if name == "label" and len(value) > MAX_LABEL_CHARS:
+            raise DatasetError(
+                f'"label" has {len(value)} characters; a class name has at most {MAX_LABEL_CHARS}',
+                line=number,
+                field=name,
+            )
+        if surrogate := _SURROGATE.search(value):
+            raise DatasetError(
+                f'"{name}" holds a lone surrogate ({shown(surrogate.group())}), which is not '
+                "text; fix the \\u escape or save the file as UTF-8",
+                line=number,
+                field=name,
+            )
         if len(value) > max_chars:
             raise DatasetError(
                 f'"{name}" has {len(value)} characters, over the limit of {max_chars}; '
@@ -163,34 +202,66 @@ def _jsonl_records(path: Path, kind: str | None, max_chars: int) -> Iterator[tup
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line, parse_int=_bounded_int)
+        except DatasetError as exc:
+            raise DatasetError(str(exc), line=number) from None
         except json.JSONDecodeError as exc:
             raise DatasetError(f"is not valid JSON ({exc.msg})", line=number) from None
+        except RecursionError:
+            raise DatasetError(
+                "nests JSON too deeply; a record is one flat object", line=number
+            ) from None
         if not isinstance(record, dict):
             raise DatasetError('must be a JSON object like {"text": "..."}', line=number)
         kind = kind or kind_of_fields(set(record))
         yield kind, check_record(number, record, kind, max_chars)
 
 
+def _csv_rows(path: Path, max_chars: int) -> Iterator[tuple[int, list[str]]]:
+    """(line where the row starts, cells); csv.Error becomes a DatasetError naming the line."""
+    # The csv module's own cap (131072) is global: raise it to the record limit for our parse.
+    csv.field_size_limit(max(csv.field_size_limit(), max_chars + 1))
+    reader = csv.reader(line for _, line in _decode_lines(path))
+    start = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DatasetError(_csv_problem(exc, max_chars), line=start) from None
+        yield start, row
+        # A quoted cell may span lines: errors name the line where the record starts.
+        start = reader.line_num + 1
+
+
+def _csv_problem(exc: csv.Error, max_chars: int) -> str:
+    text = str(exc)
+    if "field larger than field limit" in text:
+        return f"has a cell over the limit of {max_chars} characters; split the record"
+    if "new-line character seen in unquoted field" in text:
+        return (
+            "has a carriage return (\\r) inside an unquoted cell; quote the cell or save "
+            "the file with \\n line endings"
+        )
+    return f"is not valid CSV ({text})"
+
+
 def _csv_records(path: Path, max_chars: int) -> Iterator[tuple[str, Record]]:
-    lines = (line for _, line in _decode_lines(path))
-    reader = csv.reader(lines)
-    header = next(reader, None)
+    rows = _csv_rows(path, max_chars)
+    _, header = next(rows, (1, None))
     if header is None:
         return
     names = [name.strip() for name in header]
     for name in names:
         if name not in KINDS["classification"]:
             raise DatasetError(
-                f'unknown column {name!r}; expected "text", "label"', line=1, field=name
+                f'unknown column {shown(name)!r}; expected "text", "label"', line=1, field=name
             )
     for name in KINDS["classification"]:
         if name not in names:
             raise DatasetError(f'the header lacks a "{name}" column', line=1, field=name)
-    # A quoted cell may span lines: errors name the line where the record starts.
-    start = reader.line_num + 1
-    for row in reader:
-        number, start = start, reader.line_num + 1
+    for number, row in rows:
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(names):
@@ -226,8 +297,23 @@ def iter_records(path: Path, fmt: str) -> Iterator[tuple[str, Record]]:
 def validate_dataset(path: Path, fmt: str) -> DatasetInfo:
     """Check a whole file structurally; raises DatasetError at the first problem."""
     records, kind = 0, "text"
-    for record_kind_seen, _ in iter_records(path, fmt):
+    settings = get_settings()
+    labels: set[str] = set()
+    for record_kind_seen, record in iter_records(path, fmt):
         records, kind = records + 1, record_kind_seen
+        if records > settings.max_records:
+            raise DatasetError(
+                f"the file has more than {settings.max_records} records, the most one job "
+                "trains on (GPT2FT_MAX_RECORDS); split it, or join short records into longer ones",
+                field="file",
+            )
+        if "label" in record and len(labels | {record["label"]}) > settings.max_labels:
+            raise DatasetError(
+                f"record {records} brings the number of distinct labels past "
+                f"{settings.max_labels} (GPT2FT_MAX_LABELS); merge rare classes",
+                field="label",
+            )
+        labels.add(record.get("label", ""))
     if records == 0:
         raise DatasetError("the file is empty; it needs at least one record of text", field="file")
     stored = "txt" if fmt == "txt" else f"{public_format(fmt)}-{KIND_CODES[kind]}"

@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from shared.db.models import Job, JobEvent, JobStatus
+from shared.db.tables import Job, JobEvent, JobStatus
 from shared.ids import new_id, now_ts
 
 log = logging.getLogger(__name__)

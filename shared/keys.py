@@ -8,8 +8,8 @@ import string
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from shared.db.models import ApiKey
 from shared.db.session import session_scope
+from shared.db.tables import ApiKey
 from shared.ids import new_id, now_ts
 
 KEY_PREFIX = "sk-gpt2ft-"

@@ -39,10 +39,35 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
+# Celery's "received" and "succeeded" lines quote a task's arguments and result: for
+# completions that is the user's prompts and the generated text.
+_TASK_PAYLOAD = ("args", "kwargs", "return_value")
+
+
+class TaskPayloadFilter(logging.Filter):
+    """Celery task lines keep their id, name and runtime; the payload only at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Blank the payload of a Celery INFO line unless the root logger shows DEBUG."""
+        context = record.args
+        if (
+            record.name.startswith("celery")
+            and isinstance(context, dict)
+            and logging.getLogger().getEffectiveLevel() > logging.DEBUG
+        ):
+            hidden = {k: "(shown at log level DEBUG)" for k in _TASK_PAYLOAD if k in context}
+            record.args = {**context, **hidden}
+            data = getattr(record, "data", None)
+            if isinstance(data, dict):
+                record.__dict__["data"] = {**data, **hidden}
+        return True
+
+
 def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
     """Route the root logger (and uvicorn's, celery's) to stderr (or stream) as JSON lines."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(TaskPayloadFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.db.models import Metric
+from shared.db.tables import Metric
 
 # CSV columns, in order; a value a step lacks is an empty cell.
 COLUMNS = (

@@ -5,9 +5,12 @@ import re
 TRAIN_TASK = "gpt2ft.run_job"
 GENERATE_TASK = "gpt2ft.generate"
 # A dry run's plan: tokenization needs a worker, so it rides the inference queue.
-PLAN_TASK = "gpt2ft.plan"
+DRY_RUN_TASK = "gpt2ft.plan"
 # Labels from a fine-tuned classifier (/v1/classifications); also the inference queue.
 CLASSIFY_TASK = "gpt2ft.classify"
+# File purposes: uploads train; a finished job's metrics CSV is a results file.
+FINE_TUNE_PURPOSE = "fine-tune"
+RESULTS_PURPOSE = "fine-tune-results"
 TRAINING_QUEUE = "training"
 INFERENCE_QUEUE = "inference"
 

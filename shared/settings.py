@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
     # One record over a million characters is a whole book in one line: almost surely a mistake.
     max_record_chars: int = Field(default=1_000_000, ge=1)
+    # A million records: planning holds each one's tokens; more tiny ones belong joined up.
+    max_records: int = Field(default=1_000_000, ge=1)
+    # Distinct classification labels: a thousand classes is already a large head for GPT-2.
+    max_labels: int = Field(default=1000, ge=2)
     # A worker that misses three heartbeats loses its job to another worker.
     lease_seconds: float = Field(default=60.0, gt=0)
     heartbeat_seconds: float = Field(default=15.0, gt=0)
@@ -42,6 +46,13 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, le=100)
     # Completions wait this long for a worker before answering 503.
     completion_timeout_seconds: float = Field(default=120.0, gt=0)
+    # Inference requests one owner may have waiting at once, across every API process (429).
+    max_inflight_inference_per_owner: int = Field(default=4, ge=1)
+    # prompts x n x max_tokens of one completion request: minutes of CPU at most.
+    max_generated_tokens_per_request: int = Field(default=8192, ge=1)
+    # Event streams one owner may hold open at once (429), and how long a silent one lasts.
+    max_streams_per_owner: int = Field(default=8, ge=1)
+    stream_idle_seconds: float = Field(default=300.0, gt=0)
     # Loaded models kept per inference worker.
     inference_cache_size: int = Field(default=2, ge=1, le=32)
     # Per-owner quotas: more active jobs or stored bytes than this answers 429.

@@ -1,55 +1,54 @@
-"""The job spec: what a client may ask for, with bounds, and how "auto" resolves."""
+"""The job's fields, declared once per group: the request, Job.options and the engine's spec.
 
+Each group is one pydantic model; the create body (api.schemas.JobCreate), the stored
+options (JobOptions) and the resolved TrainingSpec inherit the groups instead of
+repeating names, bounds or defaults. A new option goes into the one group it belongs to.
+"""
+
+import json
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Auto = Literal["auto"]
-
-# Extension hyperparameters that may also ride at the top level of the create body.
-EXTENSION_FIELDS = (
-    "learning_rate",
-    "block_size",
-    "validation_split",
-    "warmup_ratio",
-    "weight_decay",
-    "checkpoint_every_steps",
-    "lr_scheduler",
-    "max_grad_norm",
-    "gradient_accumulation_steps",
-    "eval_every_steps",
-    "early_stopping_patience",
-    "keep",
-    "gradient_checkpointing",
-)
-
-# Extension fields about the training method; they ride at the top level and live in Job.options.
-METHOD_FIELDS = ("training_method", "trainable_layers", "lora", "sample_prompts")
-# Extension fields about the task and its data; top level too, also kept in Job.options.
-TASK_FIELDS = ("task", "packing", "max_length")
 Task = Literal["causal_lm", "completion", "classification"]
 # GPT-2's Conv1D projections that LoRA may adapt.
-LORA_TARGETS = ("c_attn", "c_proj", "c_fc")
 LoraTarget = Literal["c_attn", "c_proj", "c_fc"]
 
+# Bounds shared by a requested value ("auto" allowed) and its resolved form.
+Epochs = Annotated[int, Field(ge=1, le=100)]
+BatchSize = Annotated[int, Field(ge=1, le=512)]
+LearningRate = Annotated[float, Field(gt=0, le=1)]
+# Tokens per block or per record: GPT-2's contexts are 1024; 8192 leaves room for others.
+Tokens = Annotated[int, Field(ge=8, le=8192)]
+AccumulationSteps = Annotated[int, Field(ge=1, le=256)]
+Steps = Annotated[int, Field(ge=1, le=1_000_000)]
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
-def _attention_only() -> list[LoraTarget]:
-    return ["c_attn"]
+
+def defaults_described(schema: dict[str, Any]) -> None:
+    """JSON-schema hook for request bodies: each server default moves into the description.
+
+    A generated client always sends a property's declared default, so a declared default
+    would pin every option the caller left out (and conflict across the two places an
+    extension may be given); described instead, clients send only what their caller set.
+    """
+    for prop in schema.get("properties", {}).values():
+        default = prop.pop("default", None)
+        if default is not None:
+            note = f"Default: {json.dumps(default)}."
+            prop["description"] = f"{prop['description']} {note}" if "description" in prop else note
 
 
-class Hyperparameters(BaseModel):
-    """Requested hyperparameters: OpenAI's three plus gpt2ft extensions."""
+class TrainingOptions(BaseModel):
+    """Extension hyperparameters with no "auto": the engine's spec keeps them as requested.
+
+    validation_split is the one exception: it becomes 0 when a validation file is given.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    n_epochs: Annotated[int, Field(ge=1, le=100)] | Auto = "auto"
-    batch_size: Annotated[int, Field(ge=1, le=512)] | Auto = "auto"
-    learning_rate_multiplier: Annotated[float, Field(gt=0, le=100)] | Auto = "auto"
-    # Absolute learning rate; overrides the multiplier when given.
-    learning_rate: Annotated[float, Field(gt=0, le=1)] | None = None
-    # Tokens per training block; None means min(1024, the model's context).
-    block_size: Annotated[int, Field(ge=8, le=8192)] | None = None
     # 10% held out is the usual compromise for corpora of a few MB.
     validation_split: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
     # A short warmup keeps the first AdamW steps from wrecking pretrained weights.
@@ -57,21 +56,60 @@ class Hyperparameters(BaseModel):
     # GPT-2's own training used 0.01; 0 would let embeddings drift on small corpora.
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
     # Resume checkpoints between epochs; None checkpoints at epoch ends only.
-    checkpoint_every_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    checkpoint_every_steps: Steps | None = None
     # Linear decay is what GPT-2 fine-tunes (and HF Trainer) default to.
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
     # Clip at 1.0 as HF Trainer does: GPT-2 fine-tunes diverge rarely with it.
     max_grad_norm: Annotated[float, Field(gt=0, le=100)] = 1.0
-    # "auto": 1, or on CUDA what reaches batch_size with the largest micro-batch that fits.
-    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=256)] | Auto = "auto"
     # Evaluate between epochs too; None evaluates at epoch ends only (cheap for small sets).
-    eval_every_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    eval_every_steps: Steps | None = None
     # Evaluations without a new best validation loss before stopping; None never stops early.
     early_stopping_patience: Annotated[int, Field(ge=1, le=1000)] | None = None
     # "best": the lowest validation loss generalises better than the last step on small corpora.
     keep: Literal["best", "last"] = "best"
     # Recompute activations in the backward pass: ~30% slower, far less memory for long blocks.
     gradient_checkpointing: bool = False
+
+
+class ExtensionHyperparameters(TrainingOptions):
+    """gpt2ft's hyperparameters: given in hyperparameters or at the top level of the body."""
+
+    # Absolute learning rate; overrides the multiplier when given.
+    learning_rate: LearningRate | None = None
+    # Tokens per training block; None means min(1024, the model's context).
+    block_size: Tokens | None = None
+    # "auto": 1, or on CUDA what reaches batch_size with the largest micro-batch that fits.
+    gradient_accumulation_steps: AccumulationSteps | Auto = "auto"
+
+
+class Hyperparameters(ExtensionHyperparameters):
+    """Requested hyperparameters: OpenAI's three plus gpt2ft's extensions ("auto" kept)."""
+
+    model_config = ConfigDict(json_schema_extra=defaults_described)
+
+    # "auto": OpenAI's heuristic on the number of examples (auto_epochs).
+    n_epochs: Epochs | Auto = "auto"
+    # "auto": about 0.2% of the examples, 1 to 8 (auto_batch_size).
+    batch_size: BatchSize | Auto = "auto"
+    # "auto": 1, i.e. the base model's base_learning_rate.
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=100)] | Auto = "auto"
+
+
+class TaskOptions(BaseModel):
+    """What the model learns from the records and how records become examples."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # None: inferred from the training file (text -> causal_lm, prompt/completion, text/label).
+    task: Task | None = None
+    # Packing wastes no slots on padding; per-record keeps each example whole and separate.
+    packing: bool = True
+    # Tokens per record when not packing; None means min(1024, the model's context).
+    max_length: Tokens | None = None
+
+
+def _attention_only() -> list[LoraTarget]:
+    return ["c_attn"]
 
 
 class LoraOptions(BaseModel):
@@ -97,6 +135,7 @@ class MethodOptions(BaseModel):
     # transfer: the top 2 blocks adapt to the new data while the rest keeps GPT-2's features.
     trainable_layers: int = Field(default=2, ge=0, le=128)
     lora: LoraOptions | None = None
+    # A few prompts at most: each is generated at every evaluation.
     sample_prompts: list[Annotated[str, Field(min_length=1, max_length=1000)]] = Field(
         default_factory=list, max_length=8
     )
@@ -108,52 +147,40 @@ class MethodOptions(BaseModel):
         return self.lora or LoraOptions()
 
 
-class TaskOptions(BaseModel):
-    """What the model learns from the records and how records become examples."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # None: inferred from the training file (text -> causal_lm, prompt/completion, text/label).
-    task: Task | None = None
-    # Packing wastes no slots on padding; per-record keeps each example whole and separate.
-    packing: bool = True
-    # Tokens per record when not packing; None means min(1024, the model's context).
-    max_length: Annotated[int, Field(ge=8, le=8192)] | None = None
+class JobOptions(TaskOptions, MethodOptions):
+    """Job.options: the task (always resolved at create) and method extensions, flat."""
 
 
-class TrainingSpec(BaseModel):
-    """Fully resolved training configuration: what the engine runs, what the job shows."""
+Group = TypeVar("Group", bound=BaseModel)
 
-    model_config = ConfigDict(extra="forbid")
+
+def part_of(group: type[Group], source: BaseModel) -> Group:
+    """The fields of source that group declares, as a group (fields unset in source stay unset)."""
+    given = source.model_dump(include=set(group.model_fields), exclude_unset=True)
+    return group.model_validate(given)
+
+
+class TrainingSpec(TrainingOptions, TaskOptions):
+    """Fully resolved training configuration: what the engine runs, what the job shows.
+
+    The task fields hold resolved values: packing is False unless the task is causal_lm,
+    max_length is the row length of non-packed examples (None when packing).
+    """
 
     model: str
     model_location: str
     task: Task = "causal_lm"
-    # causal_lm only; completion and classification always keep records separate.
-    packing: bool = True
-    # Row length of non-packed examples; None when packing (block_size applies).
-    max_length: int | None = Field(default=None, ge=8, le=8192)
     # Class names in id order (classification only); saved as the model's id2label.
     labels: list[str] | None = None
-    n_epochs: int = Field(ge=1, le=100)
-    batch_size: int = Field(ge=1, le=512)
-    learning_rate: float = Field(gt=0, le=1)
-    learning_rate_multiplier: float = Field(gt=0)
-    block_size: int = Field(ge=8, le=8192)
-    validation_split: float = Field(ge=0.0, le=0.5)
-    warmup_ratio: float = Field(ge=0.0, le=0.5)
-    weight_decay: float = Field(ge=0.0, le=1.0)
-    # Clip at 1.0 as HF Trainer does: GPT-2 fine-tunes diverge rarely with it.
-    max_grad_norm: float = Field(default=1.0, gt=0)
-    seed: int = Field(ge=0, le=2**31 - 1)
-    checkpoint_every_steps: int | None = Field(default=None, ge=1)
-    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    n_epochs: Epochs
+    batch_size: BatchSize
+    learning_rate: LearningRate
+    # Unbounded above: an explicit learning_rate may be many times the base rate.
+    learning_rate_multiplier: Annotated[float, Field(gt=0)]
+    block_size: Tokens
+    seed: Seed
     # Micro-batch = batch_size / gradient_accumulation_steps examples per forward pass.
-    gradient_accumulation_steps: int = Field(default=1, ge=1, le=256)
-    eval_every_steps: int | None = Field(default=None, ge=1)
-    early_stopping_patience: int | None = Field(default=None, ge=1)
-    keep: Literal["best", "last"] = "best"
-    gradient_checkpointing: bool = False
+    gradient_accumulation_steps: AccumulationSteps = 1
     method: MethodOptions = Field(default_factory=MethodOptions)
     # batch_size and accumulation were "auto": on CUDA the engine probes the micro-batch.
     probe_micro_batch: bool = False

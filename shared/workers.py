@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from shared.db.models import Worker
+from shared.db.tables import Worker
 from shared.jobs import upsert
 
 # Columns a worker reports about itself (besides id and the times).

@@ -5,7 +5,7 @@ from functools import lru_cache
 from celery import Celery, signals
 
 from shared.logging_setup import configure_logging
-from shared.naming import GENERATE_TASK, INFERENCE_QUEUE, PLAN_TASK, TRAIN_TASK, TRAINING_QUEUE
+from shared.naming import DRY_RUN_TASK, GENERATE_TASK, INFERENCE_QUEUE, TRAIN_TASK, TRAINING_QUEUE
 from shared.settings import get_settings
 
 
@@ -16,7 +16,7 @@ def _json_logs(**_: object) -> None:
 
 
 def make_celery(redis_url: str | None = None) -> Celery:
-    """A Celery app configured for hours-long tasks on the Redis broker (RELIABILITY.md)."""
+    """A Celery app configured for hours-long tasks on the Redis broker (docs/reliability.md)."""
     url = redis_url or get_settings().redis_url
     app = Celery("gpt2ft", broker=url, backend=url, include=["worker.tasks"])
     app.conf.update(
@@ -34,7 +34,7 @@ def make_celery(redis_url: str | None = None) -> Celery:
         task_routes={
             TRAIN_TASK: {"queue": TRAINING_QUEUE},
             GENERATE_TASK: {"queue": INFERENCE_QUEUE},
-            PLAN_TASK: {"queue": INFERENCE_QUEUE},
+            DRY_RUN_TASK: {"queue": INFERENCE_QUEUE},
         },
         task_default_queue=TRAINING_QUEUE,
         broker_connection_retry_on_startup=True,

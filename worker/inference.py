@@ -1,16 +1,26 @@
 """The generate task body: validate the request, call the engine, return JSON."""
 
 import logging
+import time
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 
+def deadline_error(model: Any) -> dict[str, Any]:
+    """The answer for a request whose deadline passed: the API has stopped waiting."""
+    message = f"{model}: generation did not finish before the request's deadline"
+    return {"error": {"message": message, "param": None, "code": "deadline_exceeded"}}
+
+
 def handle_generate(request: dict[str, Any]) -> dict[str, Any]:
     """Run a completion request; errors come back as {"error": {...}}, never a traceback."""
-    from worker.training.generate import generate
-    from worker.training.models import ModelUnavailable
+    from worker.training.generate import DeadlineExceeded, generate
+    from worker.training.model_loading import ModelUnavailable
 
+    deadline = request.get("deadline")
+    if deadline is not None and time.time() >= deadline:
+        return deadline_error(request.get("model"))
     if _is_classifier(request["location"]):
         return {
             "error": {
@@ -31,7 +41,10 @@ def handle_generate(request: dict[str, Any]) -> dict[str, Any]:
             seed=request.get("seed"),
             echo=bool(request.get("echo", False)),
             top_k=request.get("top_k"),
+            deadline=deadline,
         )
+    except DeadlineExceeded:
+        return deadline_error(request.get("model"))
     except ModelUnavailable as exc:
         return {"error": {"message": str(exc), "param": "model"}}
     except (ValueError, OSError) as exc:
@@ -53,6 +66,8 @@ def handle_classify(request: dict[str, Any]) -> dict[str, Any]:
     from worker.training.classify import classify
 
     model = request.get("model")
+    if request.get("deadline") is not None and time.time() >= request["deadline"]:
+        return deadline_error(model)
     try:
         if not _is_classifier(request["location"]):
             message = (

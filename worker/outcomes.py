@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
-from shared.db.models import File, FineTunedModel, JobStatus
 from shared.db.session import session_scope
+from shared.db.tables import File, FineTunedModel, JobStatus
 from shared.ids import new_sortable_id, now_ts
 from shared.jobs import (
     Lease,
@@ -22,6 +22,7 @@ from shared.jobs import (
     retry_db,
 )
 from shared.metrics_table import load_points, render_csv
+from shared.naming import RESULTS_PURPOSE
 from shared.settings import get_settings
 from shared.storage import Storage
 from worker.reporting import DbReporter, merge_stats
@@ -250,7 +251,7 @@ def _store_results(job: "JobSnapshot", storage: Storage) -> str:
                 id=file_id,
                 owner=job.owner,
                 filename=f"{job.id}_results.csv",
-                purpose="fine-tune-results",
+                purpose=RESULTS_PURPOSE,
                 bytes=len(data),
                 format="csv",
                 records=data.count(b"\n") - 1,

@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlalchemy import update
 
-from shared.db.models import Checkpoint, Job, Metric
 from shared.db.session import session_scope
+from shared.db.tables import Checkpoint, Job, Metric
 from shared.ids import new_id, now_ts
 from shared.jobs import (
     Lease,

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from shared.catalog import find_base_model
 from shared.datasets import DatasetError, read_records, task_for_format
-from shared.db.models import File, Job, JobStatus
 from shared.db.session import session_scope
+from shared.db.tables import File, Job, JobStatus
 from shared.jobs import (
     Lease,
     LeaseLost,
@@ -26,7 +26,7 @@ from shared.jobs import (
 from shared.logging_setup import job_logging
 from shared.naming import fine_tuned_model_id
 from shared.settings import Settings, get_settings
-from shared.spec import METHOD_FIELDS, TASK_FIELDS, Hyperparameters, MethodOptions, TaskOptions
+from shared.spec import Hyperparameters, JobOptions, MethodOptions, part_of
 from shared.storage import Storage, get_storage
 from worker.heartbeat import Heartbeat
 from worker.outcomes import (
@@ -169,7 +169,7 @@ def prepare(
     job: JobSnapshot, settings: Settings, storage: Storage, check_memory: bool = True
 ) -> "Plan":
     """Check the model and files and resolve the plan; JobFailure says what is wrong."""
-    from worker.training.models import ModelUnavailable, ensure_available
+    from worker.training.model_loading import ModelUnavailable, ensure_available
     from worker.training.plan import PlanError, with_method
     from worker.training.task_plan import plan_task
 
@@ -186,14 +186,12 @@ def prepare(
         if job.validation_file
         else None
     )
-    options = {k: v for k, v in (job.options or {}).items() if k in TASK_FIELDS}
-    task_options = TaskOptions.model_validate(options)
-    task = task_options.task or task_for_format(train_format)
-    method = {k: v for k, v in (job.options or {}).items() if k in METHOD_FIELDS}
+    options = JobOptions.model_validate(job.options or {})
+    task = options.task or task_for_format(train_format)
     try:
         hp = Hyperparameters.model_validate(job.hyperparameters)
-        plan = plan_task(hp, base, task_options, task, train_records, valid_records, job.seed)
-        plan = with_method(plan, MethodOptions.model_validate(method))
+        plan = plan_task(hp, base, options, task, train_records, valid_records, job.seed)
+        plan = with_method(plan, part_of(MethodOptions, options))
     except PlanError as exc:
         raise JobFailure("invalid_hyperparameters", str(exc), exc.param) from None
     if check_memory:

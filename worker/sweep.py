@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import or_, select, update
 
-from shared.db.models import Job, JobStatus
 from shared.db.session import session_scope
+from shared.db.tables import Job, JobStatus
 from shared.jobs import add_events, event_row
 from shared.settings import get_settings
 from worker.dispatch import send_job

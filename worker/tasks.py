@@ -6,7 +6,7 @@ from typing import Any
 from celery import signals
 
 from shared.logging_setup import job_logging
-from shared.naming import CLASSIFY_TASK, GENERATE_TASK, PLAN_TASK, TRAIN_TASK
+from shared.naming import CLASSIFY_TASK, DRY_RUN_TASK, GENERATE_TASK, TRAIN_TASK
 from worker.celery_app import app
 from worker.run_job import run_job, worker_identity
 from worker.shutdown import request_shutdown
@@ -55,8 +55,8 @@ def classify_task(request: dict[str, Any]) -> dict[str, Any]:
     return handle_classify(request)
 
 
-@app.task(name=PLAN_TASK, ignore_result=False)
-def plan_task(request: dict[str, Any]) -> dict[str, Any]:
+@app.task(name=DRY_RUN_TASK, ignore_result=False)
+def dry_run_task(request: dict[str, Any]) -> dict[str, Any]:
     """Resolve a dry-run job's plan (tokenize, count, estimate memory) without training."""
     from worker.dry_run import handle_plan
 

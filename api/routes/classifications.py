@@ -7,9 +7,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Owner
 from api.errors import ApiError
-from api.queue import run_generation
+from api.queue import run_classification
 from api.routes.completions import model_location
-from shared.naming import CLASSIFY_TASK
 from shared.settings import get_settings
 
 router = APIRouter(prefix="/classifications", tags=["classifications"])
@@ -55,7 +54,7 @@ def create_classification(body: ClassificationCreate, owner: Owner) -> Classific
     texts = [body.input] if isinstance(body.input, str) else body.input
     location = model_location(owner, body.model)
     request = {"model": body.model, "location": location, "input": texts}
-    answer = run_generation(request, get_settings().completion_timeout_seconds, CLASSIFY_TASK)
+    answer = run_classification(owner, request, get_settings().completion_timeout_seconds)
     if "error" in answer:
         error = answer["error"] or {}
         raise ApiError(

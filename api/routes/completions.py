@@ -4,7 +4,7 @@ from fastapi import APIRouter
 
 from api.auth import Owner
 from api.errors import ApiError, not_found
-from api.queue import run_generation
+from api.queue import run_completion
 from api.routes.models import find_checkpoint, find_fine_tuned
 from api.schemas import ChoiceOut, CompletionCreate, CompletionOut
 from shared.catalog import find_base_model
@@ -50,6 +50,24 @@ def generation_request(body: CompletionCreate, location: str) -> dict[str, objec
     }
 
 
+def check_generated_tokens(body: CompletionCreate) -> None:
+    """400 when prompts x n x max_tokens is over max_generated_tokens_per_request."""
+    prompts = 1 if isinstance(body.prompt, str) else len(body.prompt)
+    total, limit = (
+        prompts * body.n * body.max_tokens,
+        get_settings().max_generated_tokens_per_request,
+    )
+    if total > limit:
+        raise ApiError(
+            400,
+            f"{prompts} prompts x n={body.n} x max_tokens={body.max_tokens} asks for {total} "
+            f"tokens, over the per-request limit of {limit} "
+            "(GPT2FT_MAX_GENERATED_TOKENS_PER_REQUEST); send fewer prompts or lower max_tokens",
+            param="max_tokens",
+            code="too_many_tokens",
+        )
+
+
 @router.post(
     "",
     response_model=CompletionOut,
@@ -61,9 +79,11 @@ def create_completion(body: CompletionCreate, owner: Owner) -> CompletionOut:
     """Ask an inference worker for text and wait (a plain def: the wait runs in the threadpool)."""
     if isinstance(body.prompt, list) and not body.prompt:
         raise ApiError(400, "prompt: give a string or a non-empty list of strings", param="prompt")
+    check_generated_tokens(body)
     location = model_location(owner, body.model)
-    answer = run_generation(
-        generation_request(body, location), get_settings().completion_timeout_seconds
+    settings = get_settings()
+    answer = run_completion(
+        owner, generation_request(body, location), settings.completion_timeout_seconds
     )
     if "error" in answer:
         error = answer["error"] or {}

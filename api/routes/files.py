@@ -7,24 +7,25 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from api.auth import Owner
-from api.errors import ApiError, not_found
+from api.deps import find_file, owned_file
+from api.errors import ApiError
 from api.limits import check_stored_bytes
 from api.pagination import cursor_row, newest_first
 from api.schemas import Deleted, FileOut, ListPage
-from api.uploads import Upload, receive_upload
+from api.uploads import Upload, receive_upload, safe_filename
 from shared.datasets import DatasetError, detect_format, public_format, validate_dataset
-from shared.db.models import TERMINAL_STATUSES, File, Job
 from shared.db.session import session_scope
+from shared.db.tables import TERMINAL_STATUSES, File, Job
 from shared.ids import new_sortable_id, now_ts
+from shared.naming import FINE_TUNE_PURPOSE
 from shared.settings import get_settings
 from shared.storage import get_storage
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/files", tags=["files"])
-PURPOSES = ("fine-tune",)
+PURPOSES = (FINE_TUNE_PURPOSE,)
 
 UPLOAD_BODY = {
     "requestBody": {
@@ -58,22 +59,6 @@ def file_out(row: File) -> FileOut:
     )
 
 
-def find_file(session: Session, owner: str, file_id: str) -> File | None:
-    """The caller's live file, or None (another owner's reads as missing)."""
-    row = session.get(File, file_id)
-    if row is None or row.owner != owner or row.deleted_at is not None:
-        return None
-    return row
-
-
-def owned_file(session: Session, owner: str, file_id: str, param: str | None = None) -> File:
-    """The caller's live file, or 404 naming it (another owner's reads as missing)."""
-    row = find_file(session, owner, file_id)
-    if row is None:
-        raise not_found("file", file_id, param=param)
-    return row
-
-
 def _store_upload(owner: str, upload: Upload) -> FileOut:
     """Validate the spooled upload, move it under its generated id, insert the row."""
     purpose = upload.fields.get("purpose", "")
@@ -81,13 +66,14 @@ def _store_upload(owner: str, upload: Upload) -> FileOut:
         raise ApiError(400, f"purpose must be 'fine-tune' (got {purpose!r})", param="purpose")
     if upload.filename is None or upload.file_field != "file":
         raise ApiError(400, "missing multipart field 'file'", param="file")
+    filename = safe_filename(upload.filename)
+    if not filename:
+        raise ApiError(400, "the file needs a name such as train.jsonl", param="file")
     try:
-        fmt = detect_format(upload.filename)
+        fmt = detect_format(filename)
         info = validate_dataset(upload.path, fmt)
     except DatasetError as exc:
-        raise ApiError(
-            400, f"{upload.filename}: {exc}", param="file", code="invalid_file"
-        ) from None
+        raise ApiError(400, f"{filename}: {exc}", param="file", code="invalid_file") from None
     storage = get_storage()
     file_id = new_sortable_id("file")
     final = storage.file_path(file_id)
@@ -99,7 +85,7 @@ def _store_upload(owner: str, upload: Upload) -> FileOut:
             row = File(
                 id=file_id,
                 owner=owner,
-                filename=upload.filename[:255],
+                filename=filename,
                 purpose=purpose,
                 bytes=upload.size,
                 format=info.format,

@@ -1,25 +1,25 @@
 """A job's training curve: every logged step as JSON or CSV, and loss charts (SVG, PNG)."""
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
-from api.auth import Owner
 from api.charts import render_png, render_svg
-from api.routes.jobs import find_job
+from api.deps import JobDep, SessionDep
 from api.schemas import MetricPoint, MetricsPage
-from shared.db.session import session_scope
 from shared.metrics_table import load_points, render_csv
 
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
 
 
-def owned_points(owner: str, job_id: str) -> list[dict[str, Any]]:
+def job_points(job: JobDep, session: SessionDep) -> list[dict[str, Any]]:
     """The caller's job's metric points, oldest first (404 for anyone else's job)."""
-    with session_scope() as session:
-        find_job(session, owner, job_id)
-        return load_points(session, job_id)
+    return load_points(session, job.id)
+
+
+# The path's job, owner-checked, as its metric points.
+Points = Annotated[list[dict[str, Any]], Depends(job_points)]
 
 
 @router.get(
@@ -29,9 +29,8 @@ def owned_points(owner: str, job_id: str) -> list[dict[str, Any]]:
     summary="List a job's logged steps and evaluations",
     responses={200: {"content": {"text/csv": {}}}},
 )
-def list_metrics(job_id: str, owner: Owner, format: Literal["json", "csv"] = "json") -> Any:
+def list_metrics(job_id: str, points: Points, format: Literal["json", "csv"] = "json") -> Any:
     """Every logged step oldest first; format=csv gives the job's results file layout."""
-    points = owned_points(owner, job_id)
     if format == "csv":
         return Response(
             render_csv(points),
@@ -48,9 +47,9 @@ def list_metrics(job_id: str, owner: Owner, format: Literal["json", "csv"] = "js
     summary="Loss chart (SVG)",
     responses={200: {"content": {"image/svg+xml": {}}}},
 )
-def read_loss_svg(job_id: str, owner: Owner) -> Response:
+def read_loss_svg(job_id: str, points: Points) -> Response:
     """Train and validation loss against step as an SVG document."""
-    svg = render_svg(owned_points(owner, job_id), f"{job_id} loss")
+    svg = render_svg(points, f"{job_id} loss")
     return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
 
 
@@ -61,7 +60,7 @@ def read_loss_svg(job_id: str, owner: Owner) -> Response:
     summary="Loss chart (PNG)",
     responses={200: {"content": {"image/png": {}}}},
 )
-def read_loss_png(job_id: str, owner: Owner) -> Response:
+def read_loss_png(points: Points) -> Response:
     """Train and validation loss against step as a PNG image."""
-    png = render_png(owned_points(owner, job_id))
+    png = render_png(points)
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})

@@ -17,9 +17,9 @@ from starlette.background import BackgroundTask
 from api.auth import Owner
 from api.errors import ApiError, not_found
 from api.schemas import Deleted, ListPage, ModelOut
-from shared.catalog import BaseModel, find_base_model, list_base_models
-from shared.db.models import Checkpoint, FineTunedModel
+from shared.catalog import BaseModelEntry, find_base_model, list_base_models
 from shared.db.session import session_scope
+from shared.db.tables import Checkpoint, FineTunedModel
 from shared.ids import now_ts
 from shared.settings import get_settings
 from shared.storage import get_storage
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/models", tags=["models"])
 
 
-def base_model_out(model: BaseModel) -> ModelOut:
+def base_model_out(model: BaseModelEntry) -> ModelOut:
     """A base model: owned by gpt2ft when local, by its hub organisation when catalog."""
     owned_by = "gpt2ft" if model.source == "local" else model.location.split("/")[0]
     return ModelOut(id=model.name, created=model.created, owned_by=owned_by)

@@ -130,8 +130,8 @@ def test_generated_client_drives_the_whole_flow(service: Service, tmp_path: Path
         CreateFileBody,
         CreateFileBodyPurpose,
         ErrorResponse,
+        Hyperparameters,
         JobCreate,
-        JobCreateHyperparametersType0,
     )
     from gpt2ft_client.types import File
 
@@ -145,7 +145,7 @@ def test_generated_client_drives_the_whole_flow(service: Service, tmp_path: Path
         return create_file.sync(client=client, body=body).id
 
     training, validation = upload("train.txt", 10), upload("valid.txt", 2)
-    hyperparameters = JobCreateHyperparametersType0.from_dict({"n_epochs": 1})
+    hyperparameters = Hyperparameters(n_epochs=1)
     job = create_job.sync(
         client=client,
         body=JobCreate(

@@ -3,17 +3,21 @@
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from tests.e2e.conftest import GPT2FT, Service, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 MiB = 1024 * 1024
+# The test APIs wait this long for an inference worker (and tell it this deadline).
+TIMEOUT = 8
 
 
 @dataclass
@@ -42,7 +46,7 @@ def api_server(service: Service) -> Iterator[ApiServer]:
     service.stop("worker")
     env = {
         **service.env,
-        "GPT2FT_COMPLETION_TIMEOUT_SECONDS": "20",
+        "GPT2FT_COMPLETION_TIMEOUT_SECONDS": str(TIMEOUT),
         "GPT2FT_MAX_INFLIGHT_INFERENCE_PER_OWNER": "2",
     }
     ports = [free_port(), free_port()]
@@ -169,3 +173,75 @@ def test_body_over_the_cap_is_413_naming_the_setting(api_server: ApiServer) -> N
         f"{api_server.url}/v1/files", headers=headers, files=files, data={"purpose": "fine-tune"}
     )
     assert upload.status_code == 200, upload.text
+
+
+def complete(url: str, key: str, body: dict[str, object], out: list[httpx.Response]) -> None:
+    """POST /v1/completions; the response is appended to out (for threads)."""
+    headers = {"Authorization": f"Bearer {key}"}
+    out.append(httpx.post(f"{url}/v1/completions", json=body, headers=headers, timeout=60))
+
+
+def test_inflight_inference_limit_holds_across_api_processes(
+    api_server: ApiServer, service: Service
+) -> None:
+    """Limit 2 per owner: two waiting requests on two processes; a third on either is 429."""
+    slots = redis.Redis.from_url(service.env["REDIS_URL"])
+    body = {"model": "gpt2-tiny", "prompt": "hi", "max_tokens": 1}
+    waiting: list[httpx.Response] = []
+    threads = [
+        threading.Thread(target=complete, args=(url, api_server.api_key, body, waiting))
+        for url in api_server.urls
+    ]
+    for thread in threads:
+        thread.start()
+    wait_until(
+        lambda: slots.zcard("gpt2ft:inflight_requests:dev") == 2, 10, "two requests in flight"
+    )
+    for url in api_server.urls:
+        refused: list[httpx.Response] = []
+        complete(url, api_server.api_key, body, refused)
+        assert refused[0].status_code == 429, refused[0].text
+        error = refused[0].json()["error"]
+        assert error["code"] == "too_many_inflight_requests" and refused[0].headers["Retry-After"]
+    for thread in threads:
+        thread.join()
+    # No worker runs: both waited their timeout and gave their slots back.
+    assert [r.status_code for r in waiting] == [503, 503]
+    assert slots.zcard("gpt2ft:inflight_requests:dev") == 0
+
+
+@pytest.fixture
+def inference_worker(service: Service) -> Iterator[None]:
+    """A worker for this test only (the other tests here want requests left waiting)."""
+    service.start_worker()
+    try:
+        yield
+    finally:
+        service.stop("worker")
+
+
+def test_generation_stops_at_the_deadline_and_frees_the_worker(
+    api_server: ApiServer, service: Service, inference_worker: None
+) -> None:
+    key = api_server.api_key
+    light = {"model": "gpt2-tiny", "prompt": "zebra quokka 7731", "max_tokens": 8}
+    answers: list[httpx.Response] = []
+    wait_until(
+        lambda: complete(api_server.url, key, light, answers) or answers[-1].status_code == 200,
+        120,
+        "the inference worker",
+    )
+    # 16 prompts x 250 tokens: minutes on a CPU, far past the API's deadline.
+    heavy = {"model": "gpt2-tiny", "prompt": ["Once"] * 16, "max_tokens": 250}
+    started = time.monotonic()
+    complete(api_server.url, key, heavy, answers)
+    assert answers[-1].status_code == 503, answers[-1].text
+    assert time.monotonic() - started < TIMEOUT + 5
+    # Before the deadline reached the worker, it kept generating and this waited behind it.
+    complete(api_server.url, key, light, answers)
+    assert answers[-1].status_code == 200, answers[-1].text
+    text = answers[-1].json()["choices"][0]["text"]
+    # Prompts and generations are not logged at INFO (the service's level).
+    log = (service.logs / "worker.log").read_text(errors="replace")
+    assert "zebra quokka 7731" not in log
+    assert len(text) < 6 or text not in log

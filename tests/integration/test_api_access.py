@@ -2,8 +2,8 @@
 
 from fastapi.testclient import TestClient
 
-from shared.db.models import ApiKey
 from shared.db.session import session_scope
+from shared.db.tables import ApiKey
 from shared.keys import create_api_key, ensure_api_key, hash_key, owner_for_key, revoke_api_key
 
 

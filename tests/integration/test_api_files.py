@@ -6,8 +6,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from shared.db.models import File
 from shared.db.session import session_scope
+from shared.db.tables import File
 from shared.storage import get_storage
 from tests.integration.conftest import GOOD_JSONL, upload
 
@@ -32,7 +32,8 @@ def test_upload_jsonl_and_txt(api: TestClient, alice: dict[str, str]) -> None:
     assert get_storage().file_path(str(body["id"])).read_bytes() == GOOD_JSONL
 
     text = upload(api, alice, b"hello world\nsecond line\n", name="../../etc/corpus.txt")
-    assert text["format"] == "txt" and text["filename"] == "../../etc/corpus.txt"
+    # Stored under its id; the name shown is the base name only.
+    assert text["format"] == "txt" and text["filename"] == "corpus.txt"
     assert get_storage().file_path(str(text["id"])).is_file()
     assert file_rows() == 2
 

@@ -10,8 +10,8 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from shared.db.models import Job, JobEvent
 from shared.db.session import session_scope
+from shared.db.tables import Job, JobEvent
 from shared.naming import TRAIN_TASK, TRAINING_QUEUE
 from shared.settings import get_settings
 from tests.integration.conftest import GOOD_JSONL, upload

@@ -7,8 +7,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from shared.db.models import Job
 from shared.db.session import session_scope
+from shared.db.tables import Job
 from tests.integration.conftest import upload
 
 JOBS = "/v1/fine_tuning/jobs"

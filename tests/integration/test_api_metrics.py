@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.db.models import Job, JobEvent
 from shared.db.session import session_scope
+from shared.db.tables import Job, JobEvent
 from shared.jobs import add_events, claim_job, event_row, fenced_update
 from shared.storage import get_storage
 from tests.integration.conftest import GOOD_JSONL, upload

@@ -6,8 +6,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.db.models import Checkpoint, FineTunedModel, Job, JobEvent
 from shared.db.session import session_scope
+from shared.db.tables import Checkpoint, FineTunedModel, Job, JobEvent
 from shared.ids import new_id, now_ts
 from shared.naming import checkpoint_model_id, fine_tuned_model_id
 from shared.storage import get_storage

@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.db.models import Job
 from shared.db.session import session_scope
+from shared.db.tables import Job
 from tests.integration.conftest import GOOD_JSONL, upload
 
 JOBS = "/v1/fine_tuning/jobs"

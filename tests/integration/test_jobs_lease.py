@@ -8,8 +8,8 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from shared.db.models import Job, JobEvent, JobStatus, Metric
 from shared.db.session import session_scope
+from shared.db.tables import Job, JobEvent, JobStatus, Metric
 from shared.ids import new_id, now_ts
 from shared.jobs import (
     LeaseLost,

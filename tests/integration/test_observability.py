@@ -9,8 +9,8 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from shared.db.models import Job
 from shared.db.session import session_scope
+from shared.db.tables import Job
 from shared.logging_setup import configure_logging, job_logging
 from shared.naming import TRAINING_QUEUE
 from tests.integration.conftest import GOOD_JSONL, upload

@@ -8,8 +8,8 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from shared.db.models import File, Job
 from shared.db.session import session_scope
+from shared.db.tables import File, Job
 from shared.spec import Hyperparameters, TaskOptions
 from shared.storage import get_storage
 from tests.integration.conftest import GOOD_JSONL, upload
@@ -102,7 +102,7 @@ def test_nul_bytes_are_400_naming_the_line(api: TestClient, alice: dict[str, str
 def test_hostile_filename_is_only_data(api: TestClient, alice: dict[str, str]) -> None:
     name = "../../etc/passwd.txt"
     made = upload(api, alice, b"root:x:0:0\n", name=name)
-    assert made["filename"] == name
+    assert made["filename"] == "passwd.txt"  # the base name only
     path = get_storage().file_path(str(made["id"]))
     assert path.is_file() and path.name == made["id"]
     assert path.resolve().is_relative_to(get_storage().root.resolve())

@@ -13,8 +13,8 @@ from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.exc import OperationalError
 
 from shared.db import session as db_session
-from shared.db.models import FineTunedModel, Job, JobEvent, JobStatus, Metric
 from shared.db.session import session_scope
+from shared.db.tables import FineTunedModel, Job, JobEvent, JobStatus, Metric
 from shared.jobs import Lease
 from shared.settings import get_settings
 from shared.storage import get_storage

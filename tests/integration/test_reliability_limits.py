@@ -4,8 +4,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from shared.db.models import File, Job
 from shared.db.session import session_scope
+from shared.db.tables import File, Job
 from shared.settings import get_settings
 from tests.integration.conftest import GOOD_JSONL, upload
 

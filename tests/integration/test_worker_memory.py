@@ -9,8 +9,8 @@ import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from shared.db.models import Checkpoint, Job, JobEvent, JobStatus
 from shared.db.session import session_scope
+from shared.db.tables import Checkpoint, Job, JobEvent, JobStatus
 from shared.settings import get_settings
 from tests.fake_cuda import FakeCuda
 from tests.integration.conftest import GOOD_JSONL, upload

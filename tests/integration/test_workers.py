@@ -8,8 +8,8 @@ import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, update
 
-from shared.db.models import Worker
 from shared.db.session import session_scope
+from shared.db.tables import Worker
 from shared.settings import get_settings
 from worker.fleet import WorkerBeat, device_report
 

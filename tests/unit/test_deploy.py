@@ -1,4 +1,4 @@
-"""The deployment files say what RELIABILITY.md asks: AOF Redis, one-shot migrations, a GPU."""
+"""The deployment files say what docs/reliability.md asks: AOF Redis, one-shot migrations, a GPU."""
 
 import re
 import shutil

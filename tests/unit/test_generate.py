@@ -83,3 +83,26 @@ def test_model_cache_is_bounded(tiny: str, tmp_path: Path, monkeypatch: pytest.M
     generate(tiny, ["Hi"], max_tokens=1)
     generate(str(copy), ["Hi"], max_tokens=1)
     assert generation._cache.locations() == [str(copy)]
+
+
+def test_stop_strings_end_each_sampled_row_on_its_own(tiny: str) -> None:
+    # GPT-2 text is full of spaces: most of the 4 sampled rows meet one early.
+    result = generate(tiny, ["Hello"], max_tokens=24, n=4, seed=5, stop=[" "])
+    stopped = [c for c in result["choices"] if c["finish_reason"] == "stop"]
+    assert stopped and all(" " not in c["text"] for c in stopped)
+    assert result["usage"]["completion_tokens"] < 4 * 24  # stopped rows generated no more
+
+
+def test_generation_stops_at_the_deadline(tiny: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clock that moves one second per look: a deadline 5 s away ends generation early."""
+    start, looks = 1_000_000.0, []
+
+    def clock() -> float:
+        looks.append(1)
+        return start + len(looks)
+
+    monkeypatch.setattr(generation.time, "time", clock)
+    with pytest.raises(generation.DeadlineExceeded, match="after 0 of 2 choices"):
+        generate(tiny, ["Hello", "World"], max_tokens=200, temperature=0, deadline=start + 5)
+    # The criteria looked once per token: about 5 tokens, not 200 (nor 400 for both prompts).
+    assert len(looks) <= 7

@@ -10,6 +10,7 @@ import torch
 from shared.catalog import find_base_model
 from shared.spec import Hyperparameters, TaskOptions
 from worker.training.classify import load_for_task
+from worker.training.examples import Examples
 from worker.training.plan import Plan
 from worker.training.probe import (
     ProbeFailed,
@@ -19,7 +20,6 @@ from worker.training.probe import (
     reserve_for_step,
 )
 from worker.training.task_plan import plan_task
-from worker.training.tasks import Examples
 
 CPU = torch.device("cpu")
 TEXTS = [f"record {i}: " + "words " * (i % 7 + 1) for i in range(24)]

@@ -84,6 +84,8 @@ def test_diverging_run_stops_early_and_keeps_the_best(models_dir: Path, tmp_path
     final = result.final_metrics
     assert final["early_stopped"] is True and final["kept"] == "best"
     assert final["best_valid_loss"] == min(losses)
+    # The final metrics are the last evaluation's, even when it fell mid-epoch.
+    assert final["valid_loss"] == losses[-1] and final["step"] == callbacks.evals[-1][0]
     best = [(step, m) for step, _, m in callbacks.checkpoints if m.get("is_best")]
     assert best[-1][0] == final["best_step"]
     assert 0.0 <= final["memorization_fraction"] <= 1.0 and final["memorization_samples"] == 4

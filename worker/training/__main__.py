@@ -6,7 +6,6 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from shared.catalog import find_base_model
 from shared.datasets import (
@@ -22,7 +21,7 @@ from shared.spec import Hyperparameters, TaskOptions
 from worker.training.callbacks import RecordingCallbacks, StopReason
 from worker.training.checkpoints import latest_checkpoint, remove_partial_checkpoints
 from worker.training.engine import train
-from worker.training.models import ModelUnavailable, ensure_available
+from worker.training.model_loading import ModelUnavailable, ensure_available
 from worker.training.plan import PlanError
 from worker.training.task_plan import plan_task
 
@@ -75,12 +74,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def hyperparameters(args: argparse.Namespace) -> Hyperparameters:
-    """The requested hyperparameters; omitted ones stay "auto"."""
-    requested: dict[str, Any] = {"validation_split": args.validation_split}
-    for name in ("n_epochs", "batch_size", "learning_rate", "block_size"):
-        if getattr(args, name) is not None:
-            requested[name] = getattr(args, name)
-    return Hyperparameters(**requested)
+    """The requested hyperparameters from the options named like them; omitted ones stay "auto"."""
+    fields = Hyperparameters.model_fields
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    return Hyperparameters.model_validate(given)
 
 
 def resolve_model(name: str):

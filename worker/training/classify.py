@@ -9,9 +9,9 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from worker.training.data import tokenize_records
 from worker.training.device import inference_dtype
+from worker.training.examples import IGNORE, Examples, pad_left
 from worker.training.model_cache import ModelCache
-from worker.training.models import _load_kwargs, load_tokenizer, model_load_kwargs
-from worker.training.tasks import IGNORE, Examples, pad_left
+from worker.training.model_loading import _load_kwargs, load_tokenizer, model_load_kwargs
 
 # Enough for a handful of fine-tuned classifiers per inference worker.
 CACHE_SIZE = 4

@@ -1,15 +1,18 @@
-"""The training loop: AdamW, LR schedules, accumulation, clipping, evals, best checkpoints."""
+"""The training loop: one pass over optimizer steps, with evaluations, checkpoints and stops.
+
+train() reads top to bottom (nanoGPT's train.py is the model): stop requested, batch,
+forward/backward and step, log, evaluation due, checkpoint due; each block is a call below.
+"""
 
 import math
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from shared.spec import TrainingSpec
 from worker.training.callbacks import StopReason, TrainingCallbacks
@@ -18,12 +21,8 @@ from worker.training.checkpoints import (
     read_checkpoint_info,
     save_checkpoint,
 )
-from worker.training.classify import (
-    count_targets,
-    evaluate_classifier,
-    prediction_counts,
-)
 from worker.training.device import peak_bytes, pick_device, release_memory, reset_peak
+from worker.training.examples import Examples, as_examples
 from worker.training.methods import Exportable, copy_model_files
 from worker.training.results import (
     early_stop_message,
@@ -33,7 +32,7 @@ from worker.training.results import (
     update_best,
 )
 from worker.training.run_state import Progress, Run, setup_run, training_state
-from worker.training.tasks import IGNORE, Examples, as_examples
+from worker.training.step import evaluate, micro_batch_size, optimizer_step
 
 
 @dataclass
@@ -45,90 +44,6 @@ class TrainResult:
     trained_tokens: int
     final_metrics: dict[str, float]
     model_dir: Path | None
-
-
-def autocast(run: Run) -> torch.autocast:
-    """Mixed precision on GPU; a no-op on CPU."""
-    return torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None)
-
-
-def micro_batch_size(spec: TrainingSpec) -> int:
-    """Examples per forward pass: what fits in memory for training fits for evaluation too."""
-    return math.ceil(spec.batch_size / spec.gradient_accumulation_steps)
-
-
-def micro_batches(batch: Any, accumulation: int) -> list[dict[str, torch.Tensor]]:
-    """The batch (a tensor of blocks or a dict of model inputs) cut into accumulation pieces."""
-    inputs = batch if isinstance(batch, dict) else {"input_ids": batch, "labels": batch}
-    rows = inputs["input_ids"].shape[0]
-    size = math.ceil(rows / accumulation)
-    return [
-        {name: tensor[start : start + size] for name, tensor in inputs.items()}
-        for start in range(0, rows, size)
-    ]
-
-
-def optimizer_step(run: Run, batch: Any, spec: TrainingSpec) -> tuple[torch.Tensor, float, Any]:
-    """Accumulated forward/backward passes, one update; (unsynced) loss, LR, accuracy counts."""
-    pieces = micro_batches(batch, spec.gradient_accumulation_steps)
-    # Each piece's mean loss is weighted by its share of predicted tokens: the accumulated
-    # gradient then equals the whole batch's, even when the pieces differ in size.
-    counted = [count_targets(piece["labels"]) for piece in pieces]
-    total = torch.stack(counted).sum().clamp(min=1)
-    loss_sum = torch.zeros((), device=run.device)
-    correct_sum = torch.zeros((), device=run.device, dtype=torch.long)
-    for piece, count in zip(pieces, counted, strict=True):
-        with autocast(run):
-            # labels: the model shifts them by one internally.
-            output = run.model(**piece)
-        weighted = output.loss * (count / total)
-        run.scaler.scale(weighted).backward()
-        loss_sum += weighted.detach().float()
-        correct_sum += prediction_counts(output.logits.detach(), piece["labels"])[0]
-    loss = loss_sum
-    run.scaler.unscale_(run.optimizer)
-    trainable = [p for p in run.model.parameters() if p.requires_grad]
-    torch.nn.utils.clip_grad_norm_(trainable, spec.max_grad_norm)
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    run.optimizer.zero_grad(set_to_none=True)
-    learning_rate = float(run.scheduler.get_last_lr()[0])
-    run.scheduler.step()
-    return loss.detach(), learning_rate, (correct_sum, total)
-
-
-@torch.no_grad()
-def evaluate(run: Run, blocks: Any, batch_size: int) -> dict[str, float]:
-    """Token-weighted loss, perplexity and next-token accuracy (classifiers: accuracy, F1)."""
-    examples = as_examples(blocks)
-    if examples.labels is not None and examples.labels.dim() == 1:
-        return evaluate_classifier(run.model, examples, batch_size, run.device, autocast(run))
-    run.model.eval()
-    # Sums stay on the device: one GPU sync for the whole evaluation, not three per batch.
-    sums = torch.zeros(3, device=run.device, dtype=torch.float64)
-    for start in range(0, len(examples), batch_size):
-        index = torch.arange(start, min(start + batch_size, len(examples)))
-        batch = examples.batch(index, run.device)
-        labels = batch.pop("labels")
-        with autocast(run):
-            logits = run.model(**batch).logits
-        logits, targets = logits[:, :-1].float(), labels[:, 1:]
-        loss = F.cross_entropy(
-            logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
-        )
-        counted = targets != IGNORE
-        correct = ((logits.argmax(-1) == targets) & counted).sum()
-        sums += torch.stack([loss.double(), correct.double(), counted.sum().double()])
-    run.model.train()
-    loss_sum, correct_sum, count_sum = sums.tolist()
-    count = int(count_sum)
-    valid_loss = loss_sum / max(1, count)
-    return {
-        "valid_loss": valid_loss,
-        # Capped: exp() of a diverged loss would overflow a float.
-        "valid_perplexity": math.exp(min(valid_loss, 50.0)),
-        "valid_mean_token_accuracy": correct_sum / max(1, count),
-    }
 
 
 def save_final_model(run: Run, final_dir: Path, source: Path | None = None) -> Path:
@@ -180,6 +95,263 @@ def epoch_train_loss(progress: Progress) -> float:
     return progress.last_train_loss
 
 
+@dataclass
+class Loop:
+    """What the blocks of one training loop share."""
+
+    run: Run
+    spec: TrainingSpec
+    data: Examples
+    valid: Examples
+    callbacks: TrainingCallbacks
+    checkpoints_dir: Path
+    steps_per_epoch: int
+    log_every_steps: int
+    # This epoch's permutation of the training rows; None until the epoch's first batch.
+    order: torch.Tensor | None = None
+    # Per-step losses and accuracy counts, still on the device until the next log flushes them.
+    losses: list[torch.Tensor] = field(default_factory=list)
+    accuracies: list[Any] = field(default_factory=list)
+    # The latest evaluation's (or resume checkpoint's) metrics: the run's final metrics.
+    metrics: dict[str, float] = field(default_factory=dict)
+    early_stopped: bool = False
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.spec.n_epochs
+
+    @property
+    def epoch(self) -> float:
+        """Epochs done, fractional mid-epoch."""
+        return self.run.progress.global_step / self.steps_per_epoch
+
+
+def start_loop(
+    spec: TrainingSpec,
+    train_blocks: Examples | Sequence[Sequence[int]],
+    valid_blocks: Examples | Sequence[Sequence[int]],
+    checkpoints_dir: Path,
+    callbacks: TrainingCallbacks,
+    resume_from: Path | None,
+    device: str | None,
+    log_every_steps: int | None,
+    micro_batch_limit: int | None,
+) -> Loop:
+    """Set the run up (fresh or resumed) and announce where training starts."""
+    if not train_blocks:
+        raise ValueError("no training blocks: plan_training should have refused this corpus")
+    steps_per_epoch = math.ceil(len(train_blocks) / spec.batch_size)
+    # Packed blocks (lists of ids) or per-record Examples: batched the same way by index.
+    data, valid = as_examples(train_blocks), as_examples(valid_blocks)
+    run_device = pick_device(device)
+    reset_peak(run_device)
+    total_steps = steps_per_epoch * spec.n_epochs
+    run = setup_run(spec, total_steps, run_device, resume_from, data, micro_batch_limit)
+    spec = announce_micro_batch(run, spec, callbacks)
+    # A logged loss waits for the GPU to finish: on one, log every 10 steps unless told.
+    every = log_every_steps or (10 if run.device.type == "cuda" else 1)
+    loop = Loop(run, spec, data, valid, callbacks, checkpoints_dir, steps_per_epoch, every)
+    # A resume of a finished last epoch goes straight to saving: report that epoch's metrics.
+    loop.metrics = read_checkpoint_info(resume_from) if resume_from else {}
+    where = f"from step {run.progress.global_step}" if resume_from else "from the start"
+    callbacks.on_message(f"Training {spec.model} on {run.device} {where}: {loop.total_steps} steps")
+    return loop
+
+
+def announce_micro_batch(
+    run: Run, spec: TrainingSpec, callbacks: TrainingCallbacks
+) -> TrainingSpec:
+    """The spec with the accumulation the micro-batch needs, told to the event log."""
+    if run.accumulation and run.accumulation != spec.gradient_accumulation_steps:
+        spec = spec.model_copy(update={"gradient_accumulation_steps": run.accumulation})
+        text = (
+            f"batch_size {spec.batch_size} does not fit in one pass on {run.device}: "
+            f"{run.accumulation} accumulated micro-batches of {micro_batch_size(spec)} per step"
+        )
+    elif run.probed:
+        text = f"batch_size {spec.batch_size} fits in one pass on {run.device}"
+    else:
+        return spec
+    accumulation = spec.gradient_accumulation_steps
+    data = {"micro_batch_size": micro_batch_size(spec), "gradient_accumulation_steps": accumulation}
+    callbacks.on_message(text, {**data, "probed": run.probed})
+    return spec
+
+
+def stop_requested(loop: Loop, reason: StopReason) -> TrainResult:
+    """Pause and shutdown checkpoint first; cancel and lease_lost end here writing nothing."""
+    progress = loop.run.progress
+    if reason.checkpoints:
+        flush_losses(progress, loop.losses)
+        loop.metrics = {
+            "step": progress.global_step,
+            "epoch": loop.epoch,
+            "train_loss": epoch_train_loss(progress),
+        }
+        write_checkpoint(loop.run, loop.checkpoints_dir, loop.callbacks, loop.metrics)
+    return TrainResult(reason, progress.global_step, progress.tokens_seen, loop.metrics, None)
+
+
+def step_or_out_of_memory(
+    run: Run, batch: dict[str, torch.Tensor] | Any, spec: TrainingSpec
+) -> tuple[torch.Tensor, float, Any] | None:
+    """optimizer_step, or None when the device ran out of memory (its tensors then freed)."""
+    try:
+        return optimizer_step(run, batch, spec)
+    except torch.OutOfMemoryError:
+        # Leaving this frame drops the traceback, and with it every activation of the step.
+        return None
+    finally:
+        del batch
+
+
+def stop_for_memory(loop: Loop) -> TrainResult:
+    """Out of memory mid-run (another process grew on the GPU): checkpoint the last full step.
+
+    The caller requeues the job with a smaller micro-batch; final_metrics carries the one that
+    failed. The failed step changed nothing: its gradients are dropped, the optimizer and the
+    position are where the last full step left them.
+    """
+    run, progress, micro = loop.run, loop.run.progress, micro_batch_size(loop.spec)
+    run.optimizer.zero_grad(set_to_none=True)
+    release_memory(run.device)
+    saved = "nothing to checkpoint yet"
+    if progress.global_step > 0:
+        write_resume_checkpoint(loop)
+        saved = f"checkpointed at step {progress.global_step}"
+    loop.callbacks.on_message(
+        f"Out of memory on {run.device} in step {progress.global_step + 1} with micro-batch "
+        f"{micro}: {saved}",
+        {"micro_batch_size": micro, "step": progress.global_step},
+    )
+    memory: dict[str, float] = {"micro_batch_size": micro}
+    return TrainResult(
+        StopReason.out_of_memory, progress.global_step, progress.tokens_seen, memory, None
+    )
+
+
+def next_batch_index(loop: Loop) -> torch.Tensor:
+    """The rows of the next batch; an epoch's first batch draws that epoch's order."""
+    progress = loop.run.progress
+    if loop.order is None:
+        # Saved in checkpoints: a resume redraws the same order and skips the steps done.
+        progress.order_state = loop.run.order_generator.get_state()
+        loop.order = torch.randperm(len(loop.data), generator=loop.run.order_generator)
+    start = progress.step_in_epoch * loop.spec.batch_size
+    return loop.order[start : start + loop.spec.batch_size]
+
+
+def count_step(loop: Loop, index: torch.Tensor, loss: torch.Tensor, accuracy: Any) -> None:
+    """Advance the position by one optimizer step; loss and accuracy wait for the next log."""
+    progress = loop.run.progress
+    loop.losses.append(loss)
+    loop.accuracies.append(accuracy)
+    progress.step_in_epoch += 1
+    progress.global_step += 1
+    progress.tokens_seen += loop.data.tokens_in(index)
+
+
+def log_progress(loop: Loop, learning_rate: float) -> None:
+    """Report the mean loss and accuracy since the last log (.item() syncs the GPU: here only)."""
+    progress = loop.run.progress
+    log = {
+        "step": progress.global_step,
+        "epoch": loop.epoch,
+        "train_loss": flush_losses(progress, loop.losses),
+        "train_mean_token_accuracy": flush_accuracy(progress, loop.accuracies),
+        "learning_rate": learning_rate,
+        "tokens_seen": progress.tokens_seen,
+    }
+    loop.callbacks.on_log(progress.global_step, log)
+
+
+def epoch_ended(loop: Loop) -> bool:
+    """True right after an epoch's last step."""
+    return loop.run.progress.step_in_epoch >= loop.steps_per_epoch
+
+
+def evaluation_due(loop: Loop) -> bool:
+    """At each epoch's end, and every eval_every_steps within an epoch (with validation data)."""
+    every = loop.spec.eval_every_steps
+    mid_epoch = bool(len(loop.valid) and every and loop.run.progress.global_step % every == 0)
+    return epoch_ended(loop) or mid_epoch
+
+
+def checkpoint_due(loop: Loop) -> bool:
+    """Every checkpoint_every_steps (evaluations checkpoint anyway)."""
+    every = loop.spec.checkpoint_every_steps
+    return bool(every and loop.run.progress.global_step % every == 0)
+
+
+def start_next_epoch(loop: Loop) -> None:
+    """Roll the position over to the next epoch's start; its order is drawn at its first batch."""
+    progress = loop.run.progress
+    progress.epoch += 1
+    progress.step_in_epoch = 0
+    progress.epoch_loss_sum, progress.epoch_loss_steps = 0.0, 0
+    progress.order_state = loop.run.order_generator.get_state()
+    loop.order = None
+
+
+def evaluate_and_checkpoint(loop: Loop) -> None:
+    """Evaluate and report, mark a new best, sample, checkpoint; stop early when due."""
+    progress = loop.run.progress
+    metrics = evaluate_and_report(loop)
+    loop.metrics = metrics
+    is_best = "valid_loss" in metrics and update_best(
+        progress, metrics["valid_loss"], progress.global_step
+    )
+    sample_prompts(loop.run, loop.spec, loop.callbacks)
+    recorded = {**metrics, "is_best": is_best}
+    write_checkpoint(loop.run, loop.checkpoints_dir, loop.callbacks, recorded)
+    loop.early_stopped = stop_early(loop)
+
+
+def evaluate_and_report(loop: Loop) -> dict[str, float]:
+    """Train loss so far plus the validation metrics, reported; an epoch's end rolls over."""
+    progress = loop.run.progress
+    flush_losses(progress, loop.losses)
+    metrics = {
+        "step": progress.global_step,
+        "epoch": loop.epoch,
+        "train_loss": epoch_train_loss(progress),
+        "train_mean_token_accuracy": progress.last_train_accuracy,
+    }
+    done = f"Step {progress.global_step}:"
+    if epoch_ended(loop):
+        start_next_epoch(loop)
+        done = f"Epoch {progress.epoch}/{loop.spec.n_epochs} done:"
+    if not len(loop.valid):
+        loop.callbacks.on_message(f"{done} train_loss {metrics['train_loss']:.2f}", dict(metrics))
+        return metrics
+    evaluation = evaluate(loop.run, loop.valid, micro_batch_size(loop.spec))
+    loop.callbacks.on_eval(progress.global_step, {**metrics, **evaluation})
+    loop.callbacks.on_message(f"{done} valid_loss {evaluation['valid_loss']:.2f}", evaluation)
+    return {**metrics, **evaluation}
+
+
+def stop_early(loop: Loop) -> bool:
+    """True (and say why) when patience evaluations in a row brought no new best."""
+    patience, progress = loop.spec.early_stopping_patience, loop.run.progress
+    if patience is None or not should_stop_early(progress, patience):
+        return False
+    loop.callbacks.on_message(
+        early_stop_message(progress, patience),
+        {"best_valid_loss": progress.best_valid_loss, "best_step": progress.best_step},
+    )
+    return True
+
+
+def write_resume_checkpoint(loop: Loop) -> None:
+    """A checkpoint between evaluations, so a crash loses at most checkpoint_every_steps."""
+    metrics = {
+        "step": loop.run.progress.global_step,
+        "epoch": loop.epoch,
+        "train_loss": flush_losses(loop.run.progress, loop.losses),
+    }
+    write_checkpoint(loop.run, loop.checkpoints_dir, loop.callbacks, metrics)
+
+
 def write_checkpoint(
     run: Run, checkpoints_dir: Path, callbacks: TrainingCallbacks, metrics: dict[str, float]
 ) -> Path:
@@ -190,36 +362,6 @@ def write_checkpoint(
     )
     callbacks.on_checkpoint(step, path, metrics)
     return path
-
-
-def finish_epoch(
-    run: Run,
-    spec: TrainingSpec,
-    valid_blocks: Any,
-    callbacks: TrainingCallbacks,
-    epoch: float | None = None,
-) -> dict[str, float]:
-    """Evaluate, report, and return the metrics the checkpoint records (mid-epoch: epoch set)."""
-    progress = run.progress
-    metrics = {
-        "step": progress.global_step,
-        "epoch": progress.epoch if epoch is None else epoch,
-        "train_loss": epoch_train_loss(progress),
-        "train_mean_token_accuracy": progress.last_train_accuracy,
-    }
-    done = (
-        f"Epoch {progress.epoch}/{spec.n_epochs} done:"
-        if epoch is None
-        else f"Step {progress.global_step}:"
-    )
-    if len(valid_blocks):
-        evaluation = evaluate(run, valid_blocks, micro_batch_size(spec))
-        callbacks.on_eval(progress.global_step, {**metrics, **evaluation})
-        callbacks.on_message(f"{done} valid_loss {evaluation['valid_loss']:.2f}", evaluation)
-        metrics.update(evaluation)
-    else:
-        callbacks.on_message(f"{done} train_loss {metrics['train_loss']:.2f}", dict(metrics))
-    return metrics
 
 
 def sample_prompts(run: Run, spec: TrainingSpec, callbacks: TrainingCallbacks) -> None:
@@ -237,59 +379,6 @@ def sample_prompts(run: Run, spec: TrainingSpec, callbacks: TrainingCallbacks) -
             {"prompt": prompt, "text": text, "step": step},
         )
         run.progress.sampled.append(ids)
-
-
-def conclude_evaluation(
-    run: Run,
-    spec: TrainingSpec,
-    metrics: dict[str, float],
-    callbacks: TrainingCallbacks,
-    checkpoints_dir: Path,
-) -> bool:
-    """Mark a new best, sample, checkpoint; True when early stopping ends the run here."""
-    progress = run.progress
-    is_best = "valid_loss" in metrics and update_best(
-        progress, metrics["valid_loss"], progress.global_step
-    )
-    sample_prompts(run, spec, callbacks)
-    write_checkpoint(run, checkpoints_dir, callbacks, {**metrics, "is_best": is_best})
-    patience = spec.early_stopping_patience
-    if patience is not None and should_stop_early(progress, patience):
-        callbacks.on_message(
-            early_stop_message(progress, patience),
-            {"best_valid_loss": progress.best_valid_loss, "best_step": progress.best_step},
-        )
-        return True
-    return False
-
-
-def after_step(
-    run: Run,
-    spec: TrainingSpec,
-    valid_blocks: Any,
-    callbacks: TrainingCallbacks,
-    checkpoints_dir: Path,
-    window: list[torch.Tensor],
-    steps_per_epoch: int,
-) -> bool:
-    """Mid-epoch evaluation or resume checkpoint when due; True to stop early."""
-    progress = run.progress
-    if progress.step_in_epoch >= steps_per_epoch:
-        return False  # the epoch's end evaluates and checkpoints anyway
-    epoch = progress.epoch + progress.step_in_epoch / steps_per_epoch
-    every_eval, every = spec.eval_every_steps, spec.checkpoint_every_steps
-    if len(valid_blocks) and every_eval and progress.global_step % every_eval == 0:
-        flush_losses(progress, window)
-        metrics = finish_epoch(run, spec, valid_blocks, callbacks, epoch=epoch)
-        return conclude_evaluation(run, spec, metrics, callbacks, checkpoints_dir)
-    if every and progress.global_step % every == 0:
-        metrics = {
-            "step": progress.global_step,
-            "epoch": epoch,
-            "train_loss": flush_losses(progress, window),
-        }
-        write_checkpoint(run, checkpoints_dir, callbacks, metrics)
-    return False
 
 
 def final_results(
@@ -318,76 +407,21 @@ def final_results(
     return final
 
 
-def announce_micro_batch(
-    run: Run, spec: TrainingSpec, callbacks: TrainingCallbacks
-) -> TrainingSpec:
-    """The spec with the accumulation the micro-batch needs, told to the event log."""
-    if run.accumulation and run.accumulation != spec.gradient_accumulation_steps:
-        spec = spec.model_copy(update={"gradient_accumulation_steps": run.accumulation})
-        text = (
-            f"batch_size {spec.batch_size} does not fit in one pass on {run.device}: "
-            f"{run.accumulation} accumulated micro-batches of {micro_batch_size(spec)} per step"
-        )
-    elif run.probed:
-        text = f"batch_size {spec.batch_size} fits in one pass on {run.device}"
-    else:
-        return spec
-    accumulation = spec.gradient_accumulation_steps
-    data = {"micro_batch_size": micro_batch_size(spec), "gradient_accumulation_steps": accumulation}
-    callbacks.on_message(text, {**data, "probed": run.probed})
-    return spec
-
-
-def step_or_out_of_memory(
-    run: Run, batch: dict[str, torch.Tensor] | Any, spec: TrainingSpec
-) -> tuple[torch.Tensor, float, Any] | None:
-    """optimizer_step, or None when the device ran out of memory (its tensors then freed)."""
-    try:
-        return optimizer_step(run, batch, spec)
-    except torch.OutOfMemoryError:
-        # Leaving this frame drops the traceback, and with it every activation of the step.
-        return None
-    finally:
-        del batch
-
-
-def stop_for_memory(
-    run: Run,
-    spec: TrainingSpec,
-    callbacks: TrainingCallbacks,
-    checkpoints_dir: Path,
-    window: list[torch.Tensor],
-    steps_per_epoch: int,
-) -> TrainResult:
-    """Out of memory mid-run (another process grew on the GPU): checkpoint the last full step.
-
-    The caller requeues the job with a smaller micro-batch; final_metrics carries the one that
-    failed.
-    """
-    run.optimizer.zero_grad(set_to_none=True)
-    release_memory(run.device)
-    progress, micro = run.progress, micro_batch_size(spec)
-    saved = "nothing to checkpoint yet"
-    if progress.global_step > 0:
-        metrics = {
-            "step": progress.global_step,
-            "epoch": progress.epoch + progress.step_in_epoch / steps_per_epoch,
-            "train_loss": flush_losses(progress, window),
-        }
-        write_checkpoint(run, checkpoints_dir, callbacks, metrics)
-        saved = f"checkpointed at step {progress.global_step}"
-    callbacks.on_message(
-        f"Out of memory on {run.device} in step {progress.global_step + 1} with micro-batch "
-        f"{micro}: {saved}",
-        {"micro_batch_size": micro, "step": progress.global_step},
+def finish_training(loop: Loop, final_dir: Path) -> TrainResult:
+    """Final figures, then the kept weights (best or last) saved as the fine-tuned model."""
+    run, spec, progress = loop.run, loop.spec, loop.run.progress
+    final = final_results(run, spec, loop.data, loop.metrics, loop.early_stopped)
+    peak = peak_bytes(run.device)
+    if peak is not None:
+        final["peak_memory_bytes"] = peak
+    best = progress.best_step if final["kept"] == "best" else None
+    source = loop.checkpoints_dir / checkpoint_name(best) if best is not None else None
+    model_dir = save_final_model(run, final_dir, source)
+    kept = f"best (step {best})" if best is not None else "last"
+    loop.callbacks.on_message(
+        f"Training done: {progress.global_step} steps, final model saved from the {kept} weights"
     )
-    return TrainResult(
-        StopReason.out_of_memory,
-        progress.global_step,
-        progress.tokens_seen,
-        {"micro_batch_size": micro},
-        None,
-    )
+    return TrainResult(None, progress.global_step, progress.tokens_seen, final, model_dir)
 
 
 def train(
@@ -402,101 +436,40 @@ def train(
     log_every_steps: int | None = None,
     micro_batch_limit: int | None = None,
 ) -> TrainResult:
-    """Fine-tune spec.model on train_blocks; checkpoint every epoch; stop when told to.
+    """Fine-tune spec.model on train_blocks; evaluate and checkpoint every epoch; stop when told.
 
     log_every_steps None: every step on CPU, every 10 on a GPU. micro_batch_limit: the most
     examples per forward pass (a retry after running out of memory passes a smaller one).
     """
-    if not train_blocks:
-        raise ValueError("no training blocks: plan_training should have refused this corpus")
-    batch_size = spec.batch_size
-    steps_per_epoch = math.ceil(len(train_blocks) / batch_size)
-    total_steps = steps_per_epoch * spec.n_epochs
-    # Packed blocks (lists of ids) or per-record Examples: batched the same way by index.
-    data, valid_blocks = as_examples(train_blocks), as_examples(valid_blocks)
-    run_device = pick_device(device)
-    reset_peak(run_device)
-    run = setup_run(spec, total_steps, run_device, resume_from, data, micro_batch_limit)
-    spec = announce_micro_batch(run, spec, callbacks)
-    log_every_steps = log_every_steps or (10 if run.device.type == "cuda" else 1)
-    progress = run.progress
-    window: list[torch.Tensor] = []
-    accuracy_window: list[Any] = []
-    early = False
-    # A resume of a finished last epoch goes straight to saving: report that epoch's metrics.
-    metrics: dict[str, float] = read_checkpoint_info(resume_from) if resume_from else {}
-    where = f"from step {progress.global_step}" if resume_from else "from the start"
-    callbacks.on_message(f"Training {spec.model} on {run.device} {where}: {total_steps} steps")
+    loop = start_loop(spec, train_blocks, valid_blocks, checkpoints_dir, callbacks, resume_from,
+                      device, log_every_steps, micro_batch_limit)  # fmt: skip
+    run, progress = loop.run, loop.run.progress
+    while progress.global_step < loop.total_steps and not loop.early_stopped:
+        # stop requested: checked before every step, so a cancel waits for one step at most
+        reason = callbacks.should_stop()
+        if reason is not None:
+            return stop_requested(loop, reason)
 
-    while progress.epoch < spec.n_epochs:
-        progress.order_state = run.order_generator.get_state()
-        order = torch.randperm(len(train_blocks), generator=run.order_generator)
-        while progress.step_in_epoch < steps_per_epoch:
-            reason = callbacks.should_stop()
-            if reason is not None and reason.checkpoints:
-                flush_losses(progress, window)
-                metrics = {
-                    "step": progress.global_step,
-                    "epoch": progress.epoch + progress.step_in_epoch / steps_per_epoch,
-                    "train_loss": epoch_train_loss(progress),
-                }
-                write_checkpoint(run, checkpoints_dir, callbacks, metrics)
-            if reason:
-                # cancel and lease_lost end here and write nothing more.
-                step, tokens = progress.global_step, progress.tokens_seen
-                return TrainResult(reason, step, tokens, metrics, None)
+        # batch
+        index = next_batch_index(loop)
+        batch = loop.data.batch(index, run.device)
 
-            start = progress.step_in_epoch * batch_size
-            index = order[start : start + batch_size]
-            stepped = step_or_out_of_memory(run, data.batch(index, run.device), spec)
-            if stepped is None:
-                return stop_for_memory(
-                    run, spec, callbacks, checkpoints_dir, window, steps_per_epoch
-                )
-            loss, learning_rate, accuracy = stepped
-            window.append(loss)
-            accuracy_window.append(accuracy)
-            progress.step_in_epoch += 1
-            progress.global_step += 1
-            progress.tokens_seen += data.tokens_in(index)
-            if progress.global_step % log_every_steps == 0:
-                # .item() syncs the GPU: only here, every log_every_steps steps.
-                log = {
-                    "step": progress.global_step,
-                    "epoch": progress.global_step / steps_per_epoch,
-                    "train_loss": flush_losses(progress, window),
-                    "train_mean_token_accuracy": flush_accuracy(progress, accuracy_window),
-                    "learning_rate": learning_rate,
-                    "tokens_seen": progress.tokens_seen,
-                }
-                callbacks.on_log(progress.global_step, log)
-            early = after_step(
-                run, spec, valid_blocks, callbacks, checkpoints_dir, window, steps_per_epoch
-            )
-            if early:
-                break
-        if early:
-            break
+        # forward/backward over the micro-batches, then one optimizer step (or out of memory)
+        stepped = step_or_out_of_memory(run, batch, loop.spec)
+        del batch
+        if stepped is None:
+            return stop_for_memory(loop)
+        loss, learning_rate, accuracy = stepped
+        count_step(loop, index, loss, accuracy)
 
-        flush_losses(progress, window)
-        progress.epoch += 1
-        metrics = finish_epoch(run, spec, valid_blocks, callbacks)
-        progress.step_in_epoch = 0
-        progress.epoch_loss_sum, progress.epoch_loss_steps = 0.0, 0
-        progress.order_state = run.order_generator.get_state()
-        if conclude_evaluation(run, spec, metrics, callbacks, checkpoints_dir):
-            early = True
-            break
+        # log
+        if progress.global_step % loop.log_every_steps == 0:
+            log_progress(loop, learning_rate)
 
-    final = final_results(run, spec, train_blocks, metrics, early)
-    peak = peak_bytes(run.device)
-    if peak is not None:
-        final["peak_memory_bytes"] = peak
-    best = progress.best_step if final["kept"] == "best" else None
-    source = checkpoints_dir / checkpoint_name(best) if best is not None else None
-    model_dir = save_final_model(run, final_dir, source)
-    kept = f"best (step {best})" if best is not None else "last"
-    callbacks.on_message(
-        f"Training done: {progress.global_step} steps, final model saved from the {kept} weights"
-    )
-    return TrainResult(None, progress.global_step, progress.tokens_seen, final, model_dir)
+        # evaluation due (each epoch's end, every eval_every_steps), else a checkpoint due
+        if evaluation_due(loop):
+            evaluate_and_checkpoint(loop)
+        elif checkpoint_due(loop):
+            write_resume_checkpoint(loop)
+
+    return finish_training(loop, final_dir)

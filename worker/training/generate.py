@@ -1,13 +1,15 @@
 """Completions from a base or fine-tuned model, OpenAI-shaped, with a small model cache."""
 
+import time
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from shared.settings import get_settings
 from worker.training.device import inference_dtype
 from worker.training.model_cache import ModelCache
-from worker.training.models import load_causal_lm, load_tokenizer
+from worker.training.model_loading import load_causal_lm, load_tokenizer
 
 
 def load_for_serving(location: str, device: torch.device) -> tuple[Any, Any]:
@@ -35,6 +37,57 @@ def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     if not positions:
         return text, False
     return text[: min(positions)], True
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed: nobody waits for the answer any more."""
+
+
+class StopAtDeadline(StoppingCriteria):
+    """Ends every row once the clock passes deadline (wall-clock seconds, as the API set it)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        """All rows done when the deadline has passed."""
+        late = time.time() >= self.deadline
+        return torch.full((input_ids.shape[0],), late, dtype=torch.bool, device=input_ids.device)
+
+
+class StopOnText(StoppingCriteria):
+    """Ends a row once its new text contains a stop string, decoding only the row's tail.
+
+    Hugging Face's stop_strings precomputes over the whole vocabulary per call: seconds for
+    a few dozen characters, minutes for thousands. A tail decode per step costs microseconds.
+    """
+
+    def __init__(self, tokenizer: Any, stop: list[str], prompt_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.stop = [s for s in stop if s]
+        self.start = prompt_length
+        # A token decodes to one character at least, or to part of one (4 bytes at most).
+        self.window = 4 * max((len(s) for s in self.stop), default=0) + 4
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        """One flag per row: its generated text so far holds a stop string."""
+        done = [
+            any(s in self.tokenizer.decode(row[-self.window :]) for s in self.stop)
+            for row in input_ids[:, self.start :].tolist()
+        ]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def stopping_criteria(
+    tokenizer: Any, stop: list[str] | None, prompt_length: int, deadline: float | None
+) -> StoppingCriteriaList:
+    """Stop strings and the deadline as criteria model.generate checks after every token."""
+    criteria = StoppingCriteriaList()
+    if stop:
+        criteria.append(StopOnText(tokenizer, stop, prompt_length))
+    if deadline is not None:
+        criteria.append(StopAtDeadline(deadline))
+    return criteria
 
 
 def _sample(
@@ -68,8 +121,9 @@ def _sample(
             attention_mask=torch.ones_like(input_ids),
             max_new_tokens=max_tokens,
             pad_token_id=tokenizer.eos_token_id,
-            stop_strings=options["stop"] or None,
-            tokenizer=tokenizer,
+            stopping_criteria=stopping_criteria(
+                tokenizer, options["stop"], len(prompt_ids), options["deadline"]
+            ),
             **sampling,
         )
     rows = output[:, len(prompt_ids) :].tolist()
@@ -103,11 +157,15 @@ def generate(
     seed: int | None = None,
     echo: bool = False,
     top_k: int | None = None,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
-    """OpenAI-style completions: n choices per prompt, prompt-major, with usage counts."""
+    """OpenAI-style completions: n choices per prompt, prompt-major, with usage counts.
+
+    deadline (time.time() seconds): generation stops there and DeadlineExceeded is raised.
+    """
     model, tokenizer = cached_model(location)
     options = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "stop": stop}
-    options["echo"] = echo
+    options.update(echo=echo, deadline=deadline)
     choices: list[dict[str, Any]] = []
     prompt_tokens = completion_tokens = 0
     devices = [model.device] if model.device.type == "cuda" else []
@@ -119,7 +177,11 @@ def generate(
             # An empty prompt starts from <|endoftext|>, as GPT-2 was trained to.
             prompt_ids = tokenizer(prompt).input_ids or [tokenizer.eos_token_id]
             prompt_tokens += len(prompt_ids)
-            for new_ids in _sample(model, tokenizer, prompt_ids, max_tokens, n, options):
+            rows = _sample(model, tokenizer, prompt_ids, max_tokens, n, options)
+            if deadline is not None and time.time() >= deadline:
+                done = f"{len(choices)} of {len(prompts) * n} choices"
+                raise DeadlineExceeded(f"generation stopped at the deadline after {done}")
+            for new_ids in rows:
                 choice = _choice(tokenizer, prompt, new_ids, options)
                 completion_tokens += choice.pop("completion_tokens")
                 choices.append({"text": choice["text"], "index": len(choices), "logprobs": None,

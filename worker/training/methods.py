@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from shared.spec import MethodOptions, TrainingSpec
-from worker.training.models import load_causal_lm
+from worker.training.model_loading import load_causal_lm
 
 # LoRA adapters live in a subfolder: an adapter_config.json next to config.json would make
 # from_pretrained load the adapter's base model instead of the merged weights beside it.

@@ -4,14 +4,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.catalog import BaseModel
+from shared.catalog import BaseModelEntry
 from shared.spec import (
     Hyperparameters,
     MethodOptions,
+    TrainingOptions,
     TrainingSpec,
     auto_batch_size,
     auto_block_size,
     auto_epochs,
+    part_of,
     resolve_learning_rate,
 )
 from worker.training.data import (
@@ -21,9 +23,9 @@ from worker.training.data import (
     split_blocks,
     tokenize_records,
 )
+from worker.training.examples import Examples, blocks_to_examples, task_plan_message
 from worker.training.memory import ModelShape, estimate, total_parameters, trainable_parameters
-from worker.training.models import load_tokenizer, model_context_length
-from worker.training.tasks import Examples, blocks_to_examples, task_plan_message
+from worker.training.model_loading import load_tokenizer, model_context_length
 
 # Shorter blocks teach the model almost nothing about context; refuse rather than pretend.
 MIN_BLOCK_SIZE = 16
@@ -115,7 +117,7 @@ def resolve_block_size(
 
 def plan_training(
     hp: Hyperparameters,
-    base: BaseModel,
+    base: BaseModelEntry,
     train_texts: list[str],
     valid_texts: list[str] | None,
     seed: int,
@@ -170,19 +172,9 @@ def plan_training(
     return Plan(spec, train_blocks, valid_blocks, train_tokens, summary)
 
 
-# Requested values the engine takes unchanged; resolve_spec works out the others.
-RESOLVED_FIELDS = {
-    "n_epochs", "batch_size", "learning_rate", "learning_rate_multiplier", "block_size",
-    "validation_split", "gradient_accumulation_steps",
-}  # fmt: skip
-VERBATIM_FIELDS = (set(Hyperparameters.model_fields) & set(TrainingSpec.model_fields)) - (
-    RESOLVED_FIELDS
-)
-
-
 def resolve_spec(
     hp: Hyperparameters,
-    base: BaseModel,
+    base: BaseModelEntry,
     n_train: int,
     block_size: int,
     validation_split: float,
@@ -192,20 +184,21 @@ def resolve_spec(
     batch_size = auto_batch_size(n_train) if hp.batch_size == "auto" else hp.batch_size
     n_epochs = auto_epochs(n_train) if hp.n_epochs == "auto" else hp.n_epochs
     learning_rate, multiplier = resolve_learning_rate(hp, base.base_learning_rate)
-    return TrainingSpec(
-        model=base.name,
-        model_location=base.location,
-        n_epochs=n_epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        learning_rate_multiplier=multiplier,
-        block_size=block_size,
-        validation_split=validation_split,
-        seed=seed,
-        gradient_accumulation_steps=resolve_accumulation(hp, batch_size),
-        **hp.model_dump(include=VERBATIM_FIELDS),
-        probe_micro_batch=hp.batch_size == "auto" and hp.gradient_accumulation_steps == "auto",
-    )
+    resolved = {
+        "model": base.name,
+        "model_location": base.location,
+        "n_epochs": n_epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "learning_rate_multiplier": multiplier,
+        "block_size": block_size,
+        "validation_split": validation_split,
+        "seed": seed,
+        "gradient_accumulation_steps": resolve_accumulation(hp, batch_size),
+        "probe_micro_batch": hp.batch_size == "auto" and hp.gradient_accumulation_steps == "auto",
+    }
+    # TrainingOptions are the requested values the engine takes unchanged.
+    return TrainingSpec.model_validate({**part_of(TrainingOptions, hp).model_dump(), **resolved})
 
 
 def resolve_accumulation(hp: Hyperparameters, batch_size: int) -> int:

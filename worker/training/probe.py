@@ -6,7 +6,7 @@ from typing import Any
 import torch
 
 from worker.training.device import release_memory, total_bytes
-from worker.training.tasks import Examples
+from worker.training.examples import Examples
 
 # Held back during the probe for what one step does not show: allocator fragmentation over a
 # long run, evaluation and checkpoint buffers, the inference process's growth within its cap.

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from worker.training.tasks import pad_left
+from worker.training.examples import pad_left
 
 # A generation holding 8 consecutive training tokens verbatim counts as memorized text.
 MEMORIZATION_NGRAM = 8

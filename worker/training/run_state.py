@@ -17,11 +17,11 @@ from worker.training.checkpoints import (
 )
 from worker.training.classify import load_for_task
 from worker.training.device import enable_fast_matmul, pick_amp_dtype
-from worker.training.models import load_tokenizer
+from worker.training.examples import Examples
+from worker.training.model_loading import load_tokenizer
 from worker.training.probe import accumulation_for, probe_micro_batch
 from worker.training.results import BestState
 from worker.training.schedules import lr_multiplier, warmup_steps_for
-from worker.training.tasks import Examples
 
 
 @dataclass

@@ -3,11 +3,11 @@
 import math
 from typing import Any
 
-from shared.catalog import BaseModel
+from shared.catalog import BaseModelEntry
 from shared.spec import Hyperparameters, TaskOptions, auto_block_size
-from worker.training.models import load_tokenizer, model_context_length
+from worker.training.examples import Examples, build_examples, sorted_labels, split_examples
+from worker.training.model_loading import load_tokenizer, model_context_length
 from worker.training.plan import Plan, PlanError, plan_training, resolve_spec
-from worker.training.tasks import Examples, build_examples, sorted_labels, split_examples
 
 
 def record_texts(records: list[dict[str, str]]) -> list[str]:
@@ -48,7 +48,7 @@ def check_labels(train: list[dict[str, str]], valid: list[dict[str, str]] | None
 
 def plan_task(
     hp: Hyperparameters,
-    base: BaseModel,
+    base: BaseModelEntry,
     options: TaskOptions,
     task: str,
     train_records: list[dict[str, str]],

@@ -109,6 +109,9 @@ class Job(Base):
     enqueued_at: Mapped[float | None] = mapped_column(Float)
     # Extension request fields beyond hyperparameters (task, training_method, lora, ...).
     options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The client's key-value pairs (OpenAI's metadata); "metadata" is taken on Base.
+    # none_as_null: a job without metadata is SQL NULL, which metadata=null lists select.
+    job_metadata: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON(none_as_null=True))
     # Live and final figures (tokens_per_second, parameter counts, final metrics, ...).
     stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 

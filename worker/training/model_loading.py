@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from shared.catalog import BaseModel
+from shared.catalog import BaseModelEntry
 from shared.settings import get_settings
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -37,7 +37,7 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _check_local_folder(base: BaseModel) -> None:
+def _check_local_folder(base: BaseModelEntry) -> None:
     folder = Path(base.location)
     missing = []
     if not (folder / "config.json").is_file():
@@ -68,7 +68,7 @@ def _in_hub_cache(repo: str) -> bool:
     )
 
 
-def _unavailable_message(base: BaseModel, reason: str) -> str:
+def _unavailable_message(base: BaseModelEntry, reason: str) -> str:
     models_dir = get_settings().resolved_models_dir
     return (
         f"model {base.name} is not in the local Hugging Face cache and {reason}; "
@@ -77,7 +77,7 @@ def _unavailable_message(base: BaseModel, reason: str) -> str:
     )
 
 
-def _download_from_hub(base: BaseModel) -> None:
+def _download_from_hub(base: BaseModelEntry) -> None:
     from huggingface_hub import HfApi, snapshot_download
 
     try:
@@ -94,7 +94,7 @@ def _download_from_hub(base: BaseModel) -> None:
         raise ModelUnavailable(_unavailable_message(base, reason))
 
 
-def ensure_available(base: BaseModel) -> None:
+def ensure_available(base: BaseModelEntry) -> None:
     """Raise ModelUnavailable (a user-facing message) unless base can be loaded now."""
     if base.source == "local":
         _check_local_folder(base)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from shared.catalog import find_base_model
-from worker.training.models import (
+from worker.training.model_loading import (
     ModelUnavailable,
     ensure_available,
     load_causal_lm,

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from worker.training.classify import load_classifier, macro_f1
-from worker.training.models import load_causal_lm, load_tokenizer
-from worker.training.tasks import (
+from worker.training.examples import (
     IGNORE,
     Examples,
     build_examples,
@@ -19,6 +18,7 @@ from worker.training.tasks import (
     sorted_labels,
     split_examples,
 )
+from worker.training.model_loading import load_causal_lm, load_tokenizer
 
 
 @pytest.fixture(autouse=True)
