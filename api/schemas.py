@@ -187,6 +187,7 @@ class MetricPoint(BaseModel):
     valid_loss: float | None = None
     valid_perplexity: float | None = None
     valid_mean_token_accuracy: float | None = None
+    train_mean_token_accuracy: float | None = None
     learning_rate: float | None = None
     grad_norm: float | None = None
     tokens_seen: int | None = None

@@ -154,13 +154,13 @@ def inference_peak() -> int | None:
 
 
 def train_beside_inference(
-    device: str, files: dict[str, str], classifier: Path
+    device: str, files: dict[str, str], classifier: str
 ) -> tuple[Row, dict[str, Any]]:
     """A job trained while another process serves: both must work, neither may fail."""
     context = multiprocessing.get_context("spawn")
     stop, answers = context.Event(), context.Queue()
     base = str(service.models_dir() / MODELS[device]["small"][0])
-    server = context.Process(target=serve, args=(stop, answers, base, str(classifier)))
+    server = context.Process(target=serve, args=(stop, answers, base, classifier))
     server.start()
     first = answers.get(timeout=600)  # serving (models loaded) before training starts
     row, _job_id = run_case(BESIDE_INFERENCE, device, files)
@@ -252,7 +252,7 @@ def main() -> int:
         results = [run_case(case, device, files) for case in CASES]
         rows = [row for row, _ in results]
         classifier_job = results[CASES.index(Case("small", "classification", "full"))][1]
-        classifier = service.read_job(classifier_job).model_path
+        classifier = service.read_job(classifier_job).model_location
         assert classifier is not None, "the classification job left no model"
         row, beside = train_beside_inference(device, files, classifier)
         rows.append(row)

@@ -123,13 +123,13 @@ def add_file(rows: list[dict[str, str]], kind: str) -> str:
     from shared.db.session import session_scope
     from shared.db.tables import File
     from shared.ids import new_sortable_id, now_ts
-    from shared.storage import get_storage
+    from shared.storage import file_key, get_storage
 
     file_id = new_sortable_id("file")
     data = "".join(json.dumps(row) + "\n" for row in rows).encode()
-    path = get_storage().file_path(file_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    upload = scratch() / f"{file_id}.jsonl"
+    upload.write_bytes(data)
+    get_storage().put_file(file_key(file_id), upload, move=True)
     row = File(
         id=file_id,
         owner="smoke",
@@ -195,7 +195,8 @@ class JobView:
     stats: dict[str, Any]
     events: list[tuple[str, dict | None]]
     tokens_per_second: float | None
-    model_path: Path | None
+    # Where inference finds the fine-tuned model (a stored set), once the job succeeded.
+    model_location: str | None
 
 
 def read_job(job_id: str) -> JobView:
@@ -203,8 +204,8 @@ def read_job(job_id: str) -> JobView:
     from sqlalchemy import select
 
     from shared.db.session import session_scope
-    from shared.db.tables import Job, JobEvent, Metric
-    from shared.storage import get_storage
+    from shared.db.tables import FineTunedModel, Job, JobEvent, Metric
+    from shared.storage import STORED_LOCATION
 
     with session_scope() as session:
         job = session.get(Job, job_id)
@@ -215,12 +216,14 @@ def read_job(job_id: str) -> JobView:
             .order_by(JobEvent.seq)
         ).all()
         rates = session.scalars(select(Metric.data).where(Metric.job_id == job_id)).all()
+        kept = session.scalars(
+            select(FineTunedModel.path).where(FineTunedModel.job_id == job_id)
+        ).first()
         model, resolved = job.model, job.resolved
         status, error, stats = job.status, job.error, dict(job.stats or {})
     # The first interval holds the warm-up (CUDA kernels, allocator): the median skips it.
     speeds = [r["tokens_per_second"] for r in rates if r.get("tokens_per_second")]
     speed = statistics.median(speeds) if speeds else None
     messages = [(message, data) for message, data in events]
-    folder = get_storage().model_dir(job_id)
-    kept = folder if folder.is_dir() else None
-    return JobView(model, status, error, resolved, stats, messages, speed, kept)
+    location = STORED_LOCATION + kept if kept else None
+    return JobView(model, status, error, resolved, stats, messages, speed, location)

@@ -18,9 +18,10 @@ def safe_url(url: str) -> str:
 
 
 def prepare_home(settings: Settings) -> Path:
-    """Create the home, storage and models folders; return the home's absolute path."""
+    """Create the home, local storage and models folders; return the home's absolute path."""
     home = settings.home.resolve()
-    for folder in (home, settings.storage_dir, settings.resolved_models_dir):
+    local = [settings.storage_dir] if settings.storage_is_local else []
+    for folder in (home, *local, settings.resolved_models_dir):
         folder.mkdir(parents=True, exist_ok=True)
     return home
 

@@ -1,5 +1,6 @@
 """The gpt2ft command line: services (api, worker, run), admin (migrate, setup, keys), client."""
 
+import os
 from typing import Annotated
 
 import typer
@@ -26,6 +27,17 @@ app.command("target")(show_target)
 jobs_app.command("watch")(watch_job)
 
 DEFAULT_PORT = 8000
+# Uploads, checkpoints, results, the SQLite database and `gpt2ft run`'s Redis AOF hold users'
+# data: what the services create is readable by their own user only (files 0600, dirs 0700).
+PRIVATE_UMASK = 0o077
+SERVICES = {"api", "worker", "run", "migrate", "setup"}
+
+
+@app.callback()
+def _private_files(context: typer.Context) -> None:
+    """Service commands create files and folders for their own user only."""
+    if context.invoked_subcommand in SERVICES:
+        os.umask(PRIVATE_UMASK)
 
 
 @app.command()

@@ -14,6 +14,7 @@ from cli.client import TERMINAL, call, client
 # On attach: the newest events read, and how many of their messages are shown for context.
 RECENT_EVENTS = 100
 RECENT_MESSAGES = 10
+PAUSED_POLL_SECONDS = 2.0
 
 
 def clock(seconds: float) -> str:
@@ -69,8 +70,8 @@ class Progress:
             parts.append(f"loss {self.loss:.4f}")
         if self.tokens_per_second is not None:
             parts.append(f"{self.tokens_per_second:,.0f} tok/s")
-        if self.finish_at is not None and self.step < self.total:
-            parts.append(f"ETA {clock(self.finish_at - now)}")
+        if self.finish_at is not None:
+            parts.append(f"ETA {clock(self.finish_at - now)}")  # 0:00 once the last step is done
         return "  ".join(parts)
 
 
@@ -127,30 +128,38 @@ def follow(job_id: str, after: str | None, progress: Progress, screen: Screen) -
     return after
 
 
+def wait_while_paused(job_id: str, screen: Screen) -> dict[str, Any]:
+    """The job once it is no longer paused (resumed, or cancelled while paused)."""
+    screen.message(f"{job_id} paused: waiting for `gpt2ft jobs resume {job_id}`")
+    job = call("GET", f"/v1/fine_tuning/jobs/{job_id}")
+    while job["status"] == "paused":
+        time.sleep(PAUSED_POLL_SECONDS)
+        job = call("GET", f"/v1/fine_tuning/jobs/{job_id}")
+    return dict(job)
+
+
 def watch_job(job_id: str) -> None:
     """The job's state now, then new events and live progress until it ends; exit 0 if succeeded."""
     job = call("GET", f"/v1/fine_tuning/jobs/{job_id}")
-    screen = Screen()
+    screen, progress, after = Screen(), Progress.from_job(job), None
     if job["status"] not in TERMINAL:
         # Attach where the job is: a few recent messages, its figures now, then new events only.
         context, after = recent_events(job_id)
         for event in context:
             screen.message(event["message"])
-        progress = Progress.from_job(job)
         screen.message(f"{job_id} {job['status']}")
         if progress.total:
             screen.progress(progress.line(time.time()))
-        while True:
-            try:
-                after = follow(job_id, after, progress, screen)
-                break
-            except httpx.HTTPError as exc:  # a dropped stream: go on after the last event seen
-                screen.message(f"stream interrupted ({exc}); reconnecting")
-                time.sleep(2)
+    while job["status"] not in TERMINAL:
+        try:
+            after = follow(job_id, after, progress, screen)
+        except httpx.HTTPError as exc:  # a dropped stream: go on after the last event seen
+            screen.message(f"stream interrupted ({exc}); reconnecting")
+            time.sleep(2)
+        # The stream also ends when the job pauses, or after a quiet spell: carry on after `after`.
         job = call("GET", f"/v1/fine_tuning/jobs/{job_id}")
-        while job["status"] not in TERMINAL:  # the stream ended on a paused job's end, say
-            time.sleep(1)
-            job = call("GET", f"/v1/fine_tuning/jobs/{job_id}")
+        if job["status"] == "paused":
+            job = wait_while_paused(job_id, screen)
     model = f": {job['fine_tuned_model']}" if job["fine_tuned_model"] else ""
     error = job.get("error") or {}
     reason = f": {error.get('code')}: {error.get('message')}" if error else ""

@@ -62,7 +62,11 @@ def main() -> int:
         max_tokens=30,
     )
     print("completion:", repr(completion.choices[0].text))
-    print("models:", [model.id for model in client.models.list()])
+    assert completion.model == job.fine_tuned_model, completion.model
+    assert len(completion.choices) == 1 and isinstance(completion.choices[0].text, str)
+    models = [model.id for model in client.models.list()]
+    print("models:", models)
+    assert job.fine_tuned_model in models and "gpt2-tiny" in models, models
     return 0
 
 

@@ -17,6 +17,7 @@ COLUMNS = (
     "valid_loss",
     "valid_perplexity",
     "valid_mean_token_accuracy",
+    "train_mean_token_accuracy",
     "learning_rate",
     "grad_norm",
     "tokens_seen",

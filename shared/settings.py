@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +22,17 @@ class Settings(BaseSettings):
         default="redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("REDIS_URL", "GPT2FT_REDIS_URL"),
     )
+    # Uploads, checkpoints and models: a local folder (default: home/storage) or
+    # s3://bucket/prefix (endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).
+    storage_url: str | None = None
+    # Local work space: jobs in progress, uploads being received, the cache of fetched objects.
+    scratch_dir: Path | None = None
+    # Fetched models and files kept per host; the least recently used go first.
+    cache_max_bytes: int = Field(default=20 * 1024**3, ge=0)
+    # S3 multipart part size: S3 refuses parts under 5 MiB and single PUTs over 5 GB.
+    s3_part_bytes: int = Field(default=64 * 1024**2, ge=5 * 1024**2, le=5 * 1024**3)
+    # path: http://host/bucket/key, what MinIO, SeaweedFS and Ceph expect behind one hostname.
+    s3_addressing_style: Literal["path", "virtual", "auto"] = "path"
     models_dir: Path | None = None
     tokenizer_dir: Path | None = None
     dev_api_key: str | None = None
@@ -89,8 +101,23 @@ class Settings(BaseSettings):
 
     @property
     def storage_dir(self) -> Path:
-        """Root of uploaded files, job outputs and checkpoints."""
-        return (self.home / "storage").resolve()
+        """Root of the local storage backend (GPT2FT_STORAGE_URL a path or file:// URL)."""
+        url = self.storage_url or ""
+        if url.startswith("s3://"):
+            raise ValueError("GPT2FT_STORAGE_URL is an S3 URL: there is no local storage folder")
+        if url.startswith("file://"):
+            return Path(url.removeprefix("file://")).resolve()
+        return (Path(url) if url else self.home / "storage").resolve()
+
+    @property
+    def storage_is_local(self) -> bool:
+        """True unless GPT2FT_STORAGE_URL names an S3 bucket."""
+        return not (self.storage_url or "").startswith("s3://")
+
+    @property
+    def resolved_scratch_dir(self) -> Path:
+        """This host's work space (never shared between hosts)."""
+        return (self.scratch_dir or self.home / "scratch").resolve()
 
 
 @lru_cache

@@ -10,6 +10,8 @@ import pytest
 from shared.settings import get_settings
 from shared.tokenizer_files import fetch_tokenizer_files
 
+# s3_server / s3_env: a real S3 server (SeaweedFS) for the storage tests.
+pytest_plugins = ["tests.s3server"]
 REPO = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get(
     "GPT2FT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -5,6 +5,7 @@ from typing import Any
 from shared.settings import get_settings
 from shared.storage import get_storage
 from worker.run_job import JobFailure, JobSnapshot, method_message, prepare
+from worker.throughput import time_estimate
 
 
 def handle_plan(request: dict[str, Any]) -> dict[str, Any]:
@@ -35,7 +36,10 @@ def handle_plan(request: dict[str, Any]) -> dict[str, Any]:
     return {
         "hyperparameters": plan.spec.shown(),
         "method": {**method.model_dump(mode="json"), "lora": lora and lora.model_dump()},
-        "plan": plan.summary,
+        "plan": {
+            **plan.summary,
+            **time_estimate(snapshot.model, method.training_method, plan.summary["trained_tokens"]),
+        },
         "message": f"{plan.message()}. {method_message(plan.summary)}",
         "device": device,
         "available_bytes": available,

@@ -4,7 +4,16 @@ import logging
 import time
 from typing import Any
 
+from shared.storage import STORED_LOCATION, StorageError, get_storage
+
 log = logging.getLogger(__name__)
+
+
+def local_location(location: str) -> str:
+    """A stored set fetched into this host's cache (a folder); base models as given."""
+    if location.startswith(STORED_LOCATION):
+        return str(get_storage().fetch_set(location.removeprefix(STORED_LOCATION)))
+    return location
 
 
 def deadline_error(model: Any) -> dict[str, Any]:
@@ -21,7 +30,11 @@ def handle_generate(request: dict[str, Any]) -> dict[str, Any]:
     deadline = request.get("deadline")
     if deadline is not None and time.time() >= deadline:
         return deadline_error(request.get("model"))
-    if _is_classifier(request["location"]):
+    try:
+        location = local_location(request["location"])
+    except StorageError as exc:
+        return {"error": {"message": f"{request.get('model')}: {exc}", "param": "model"}}
+    if _is_classifier(location):
         return {
             "error": {
                 "message": f"{request.get('model')} is a classifier, not a text "
@@ -31,7 +44,7 @@ def handle_generate(request: dict[str, Any]) -> dict[str, Any]:
         }
     try:
         return generate(
-            request["location"],
+            location,
             list(request["prompts"]),
             max_tokens=int(request.get("max_tokens") or 16),
             temperature=float(request.get("temperature", 1.0)),
@@ -69,14 +82,15 @@ def handle_classify(request: dict[str, Any]) -> dict[str, Any]:
     if request.get("deadline") is not None and time.time() >= request["deadline"]:
         return deadline_error(model)
     try:
-        if not _is_classifier(request["location"]):
+        location = local_location(request["location"])
+        if not _is_classifier(location):
             message = (
                 f'{model} is not a classifier; fine-tune one with task "classification" '
                 "(or use POST /v1/completions for text)"
             )
             return {"error": {"message": message, "param": "model"}}
-        data = classify(request["location"], list(request["input"]))
-    except (ValueError, OSError) as exc:
+        data = classify(location, list(request["input"]))
+    except (ValueError, OSError, StorageError) as exc:
         log.warning("classification for %s failed: %s", model, exc)
         return {"error": {"message": f"{model}: {exc}", "param": None}}
     return {"data": data}

@@ -5,13 +5,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
 from shared.db.session import session_scope
 from shared.db.tables import File, FineTunedModel, JobStatus
-from shared.ids import new_sortable_id, now_ts
+from shared.ids import now_ts
 from shared.jobs import (
     Lease,
     LeaseLost,
@@ -24,7 +25,8 @@ from shared.jobs import (
 from shared.metrics_table import load_points, render_csv
 from shared.naming import RESULTS_PURPOSE
 from shared.settings import get_settings
-from shared.storage import Storage
+from shared.storage import Manifest, Storage, model_prefix
+from worker.publishing import discard_unless_visible, publish, stage, stage_results
 from worker.reporting import DbReporter, merge_stats
 from worker.training.callbacks import StopReason
 
@@ -61,6 +63,7 @@ class TrainedRun:
     reporter: DbReporter
     ft_id: str
     storage: Storage
+    work: Path  # the attempt's scratch folder: the engine's checkpoints and final model
 
 
 def handle_lease_lost(lease: Lease) -> Outcome:
@@ -106,16 +109,21 @@ def land(run: TrainedRun, what: str, write: Callable[[Session], Outcome]) -> Out
 
 
 def handle_success(run: TrainedRun) -> Outcome:
-    """succeeded: the results file, the model row and the closing event together."""
+    """succeeded: the model and results published, their rows and the closing event together."""
     job, result, heartbeat = run.job, run.result, run.reporter.heartbeat
-    results_id = retry_db(
-        lambda: _store_results(job, run.storage),
-        f"job {job.id}: storing results",
+    model, results = retry_db(
+        lambda: _stage_outputs(run),
+        f"job {job.id}: storing the model and results",
         heartbeat.lease_seconds,
         heartbeat.lost,
     )
 
     def write(session: Session) -> Outcome:
+        # Fenced like every write here, and before finish_job, which gives the lease up.
+        published = publish(session, run.lease, run.storage, model)
+        results_id = _add_results_file(
+            session, job, publish(session, run.lease, run.storage, results)
+        )
         finish_job(
             session,
             run.lease,
@@ -137,13 +145,17 @@ def handle_success(run: TrainedRun) -> Outcome:
                 job_id=job.id,
                 base_model=job.model,
                 created_at=now_ts(),
-                path=run.storage.relative(run.storage.model_dir(job.id)),
+                path=published.prefix,
             )
         )
         add_events(session, [event_row(job.id, "The job has successfully completed")])
         return Outcome.succeeded
 
-    return land(run, "recording success", write)
+    try:
+        return land(run, "recording success", write)
+    finally:
+        for staged in (model, results):
+            discard_unless_visible(run.storage, staged)
 
 
 def handle_cancel(run: TrainedRun) -> Outcome:
@@ -235,26 +247,35 @@ OUTCOME_HANDLERS: dict[StopReason | None, Callable[[TrainedRun], Outcome]] = {
 }
 
 
-def _store_results(job: "JobSnapshot", storage: Storage) -> str:
-    """The job's metrics CSV as a fine-tune-results file owned by the job's owner."""
+def _stage_outputs(run: TrainedRun) -> tuple[Manifest, Manifest]:
+    """Upload the final model and the metrics CSV; both become visible with the outcome."""
+    job, storage = run.job, run.storage
+    assert run.result.model_dir is not None  # a completed run saved its model
+    model = stage(
+        storage, run.lease, model_prefix(job.id), run.result.model_dir, {"model": run.ft_id}
+    )
     with session_scope() as session:
         data = render_csv(load_points(session, job.id)).encode()
-    file_id = new_sortable_id("file")
-    path = storage.file_path(file_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = storage.tmp_dir() / f"{file_id}.csv"
-    tmp.write_bytes(data)
-    tmp.rename(path)
-    with session_scope() as session:
+    csv = run.work / "results.csv"
+    csv.write_bytes(data)
+    records = data.count(b"\n") - 1
+    results = stage_results(storage, run.lease, csv, f"{job.id}_results.csv", records)
+    return model, results
+
+
+def _add_results_file(session: Session, job: "JobSnapshot", results: Manifest) -> str:
+    """The results file row, once (an earlier attempt may have published the manifest)."""
+    file_id = str(results.info["file_id"])
+    if session.get(File, file_id) is None:
         session.add(
             File(
                 id=file_id,
                 owner=job.owner,
-                filename=f"{job.id}_results.csv",
+                filename=results.info["filename"],
                 purpose=RESULTS_PURPOSE,
-                bytes=len(data),
+                bytes=results.total_bytes,
                 format="csv",
-                records=data.count(b"\n") - 1,
+                records=results.info["records"],
                 created_at=now_ts(),
             )
         )

@@ -1,6 +1,7 @@
 """Training callbacks that write to the database in batches, fenced by the job's lease."""
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,9 @@ from shared.jobs import (
     upsert,
 )
 from shared.naming import checkpoint_model_id
-from shared.storage import Storage
+from shared.storage import Manifest, Storage, checkpoint_prefix
 from worker.heartbeat import Heartbeat
+from worker.publishing import discard_unless_visible, publish, stage
 from worker.shutdown import shutdown_requested
 from worker.training.callbacks import StopReason
 
@@ -59,6 +61,8 @@ class DbReporter:
         # Throughput from tokens_seen deltas between logged steps; figures go to Job.stats.
         self._last_tokens: tuple[float, int] | None = None
         self._stats: dict[str, Any] = {}
+        # The engine copies the best checkpoint into the final model: keep it in scratch.
+        self.best_checkpoint: Path | None = None
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         """Buffer one step's metrics (a metrics row and a metrics event)."""
@@ -78,15 +82,17 @@ class DbReporter:
         self.flush()
 
     def on_checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
-        """Record a complete checkpoint folder (the row comes after the rename)."""
+        """Upload a complete checkpoint folder, then publish it and its row under the lease."""
         self.flush()
+        prefix = checkpoint_prefix(self.lease.job_id, step)
+        staged = stage(self.storage, self.lease, prefix, path, {"step": step, **metrics})
         row = {
             "id": new_id("ftckpt"),
             "job_id": self.lease.job_id,
             "owner": "",
             "step": step,
             "epoch": metrics.get("epoch"),
-            "path": self.storage.relative(path),
+            "path": prefix,
             "metrics": {"step": step, **metrics},
             "created_at": now_ts(),
             "fine_tuned_model_checkpoint": checkpoint_model_id(self.fine_tuned_id, step),
@@ -94,9 +100,24 @@ class DbReporter:
             "is_best": bool(metrics.get("is_best", False)),
         }
         best = " (best so far)" if row["is_best"] else ""
-        self._write(
-            checkpoint=row, events=[self._message_row(f"Checkpoint saved at step {step}{best}")]
-        )
+        try:
+            self._write(
+                checkpoint=row,
+                events=[self._message_row(f"Checkpoint saved at step {step}{best}")],
+                manifest=staged,
+            )
+        except BaseException:
+            discard_unless_visible(self.storage, staged)
+            raise
+        if row["is_best"]:
+            self.best_checkpoint = path
+        self._prune_scratch(path)
+
+    def _prune_scratch(self, latest: Path) -> None:
+        """Published checkpoints leave scratch, except the newest and the best."""
+        for folder in latest.parent.glob("step-*"):
+            if folder not in (latest, self.best_checkpoint):
+                shutil.rmtree(folder, ignore_errors=True)
 
     def on_message(self, message: str, data: dict[str, Any] | None = None) -> None:
         """Queue a message event; flushed with the next batch (now, if nothing else waits)."""
@@ -126,12 +147,19 @@ class DbReporter:
         if self._metrics or self._events or self._progress or self._stats:
             self._write()
 
-    def _write(self, checkpoint: dict[str, Any] | None = None, events: list | None = None) -> None:
+    def _write(
+        self,
+        checkpoint: dict[str, Any] | None = None,
+        events: list | None = None,
+        manifest: Manifest | None = None,
+    ) -> None:
         metrics, pending = list(self._metrics.values()), self._events + (events or [])
 
         def transaction() -> None:
             with session_scope() as session:
                 fenced_update(session, self.lease, **self._progress)
+                if manifest is not None:
+                    publish(session, self.lease, self.storage, manifest)
                 if self._stats:
                     merge_stats(session, self.lease.job_id, self._stats)
                 upsert(session, Metric.__table__, metrics, ["job_id", "step"])

@@ -2,11 +2,13 @@
 
 import logging
 import os
+import shutil
 import socket
 import time
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.catalog import find_base_model
@@ -27,7 +29,7 @@ from shared.logging_setup import job_logging
 from shared.naming import fine_tuned_model_id
 from shared.settings import Settings, get_settings
 from shared.spec import Hyperparameters, JobOptions, MethodOptions, part_of
-from shared.storage import Storage, get_storage
+from shared.storage import Storage, StorageError, file_key, get_storage, job_prefix
 from worker.heartbeat import Heartbeat
 from worker.outcomes import (
     OUTCOME_HANDLERS,
@@ -36,6 +38,7 @@ from worker.outcomes import (
     handle_failure,
     handle_lease_lost,
 )
+from worker.publishing import job_scratch, restore_checkpoints
 from worker.reporting import DbReporter, merge_stats
 from worker.training.callbacks import StopReason
 
@@ -101,8 +104,9 @@ def run_job(job_id: str, worker_id: str) -> Outcome:
         job_logging(job_id),
         Heartbeat(lease, settings.lease_seconds, settings.heartbeat_seconds) as heartbeat,
     ):
+        work = job_scratch(storage, lease)
         try:
-            run = _train_claimed(lease, heartbeat, settings, storage)
+            run = _train_claimed(lease, heartbeat, settings, storage, work)
             return OUTCOME_HANDLERS[run.result.stopped](run)
         except LeaseLost:
             return handle_lease_lost(lease)
@@ -117,6 +121,7 @@ def run_job(job_id: str, worker_id: str) -> Outcome:
             error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
             return handle_failure(lease, {**error, "param": None})
         finally:
+            shutil.rmtree(work, ignore_errors=True)
             release_job_memory()
 
 
@@ -160,8 +165,8 @@ def _read_file(
     if fmt is None:
         raise JobFailure("invalid_file", f"{param} {file_id} no longer exists", param)
     try:
-        return read_records(storage.file_path(file_id), fmt), fmt
-    except DatasetError as exc:
+        return read_records(storage.fetch_file(file_key(file_id)), fmt), fmt
+    except (DatasetError, StorageError) as exc:
         raise JobFailure("invalid_file", f"{param} {file_id}: {exc}", param) from None
 
 
@@ -205,10 +210,9 @@ def prepare(
 
 
 def _train_claimed(
-    lease: Lease, heartbeat: Heartbeat, settings: Settings, storage: Storage
+    lease: Lease, heartbeat: Heartbeat, settings: Settings, storage: Storage, work: Path
 ) -> TrainedRun:
-    """Validate, plan and train; the engine's result goes to its outcome handler."""
-    from worker.training.checkpoints import latest_checkpoint, remove_partial_checkpoints
+    """Validate, plan and train in the attempt's scratch folder work; resume from the store."""
     from worker.training.engine import train
 
     job = _snapshot(lease.job_id)
@@ -225,9 +229,10 @@ def _train_claimed(
             total_steps=total_steps,
         )
         store_plan_stats(job.id, plan.summary)
-    checkpoints_dir = storage.checkpoints_dir(job.id)
-    remove_partial_checkpoints(checkpoints_dir)
-    resume_from = latest_checkpoint(checkpoints_dir)
+    # Uploads of crashed or fenced-off attempts that never got a manifest.
+    storage.remove_unpublished(job_prefix(job.id))
+    checkpoints_dir = work / "checkpoints"
+    resume_from, best = restore_checkpoints(storage, job.id, checkpoints_dir)
     started = (
         f"Resumed from step {int(resume_from.name.split('-')[-1])} (attempt {lease.attempt})"
         if resume_from
@@ -246,13 +251,14 @@ def _train_claimed(
     reporter = DbReporter(
         lease, heartbeat, storage, ft_id, total_steps, settings.metrics_flush_seconds
     )
+    reporter.best_checkpoint = best
     assert plan.train_examples is not None and plan.valid_examples is not None  # __post_init__
     result = train(
         plan.spec,
         plan.train_examples,
         plan.valid_examples,
         checkpoints_dir,
-        storage.model_dir(job.id),
+        work / "model",
         reporter,
         resume_from=resume_from,
         log_every_steps=settings.log_every_steps,
@@ -261,7 +267,7 @@ def _train_claimed(
     if result.stopped is StopReason.lease_lost:
         raise LeaseLost(f"job {job.id}: lease lost during training")
     reporter.flush()
-    return TrainedRun(lease, job, result, reporter, ft_id, storage)
+    return TrainedRun(lease, job, result, reporter, ft_id, storage, work)
 
 
 def method_message(summary: dict[str, Any]) -> str:

@@ -11,23 +11,23 @@ from shared.catalog import find_base_model
 from shared.db.session import session_scope
 from shared.ids import new_id, now_ts
 from shared.settings import get_settings
-from shared.storage import get_storage
+from shared.storage import STORED_LOCATION
 
 router = APIRouter(prefix="/completions", tags=["completions"])
 
 
 def model_location(owner: str, model_id: str) -> str:
-    """Where a worker loads model_id from: a folder or a hub repository; 404 if unknown."""
+    """Where a worker loads model_id from: a base's folder or hub id, or a stored set; else 404."""
     base = find_base_model(model_id, get_settings().resolved_models_dir)
     if base is not None:
         return base.location
     with session_scope() as session:
         model = find_fine_tuned(session, owner, model_id)
         if model is not None:
-            return str(get_storage().absolute(model.path))
+            return STORED_LOCATION + model.path
         checkpoint = find_checkpoint(session, owner, model_id)
         if checkpoint is not None:
-            return str(get_storage().absolute(checkpoint.path))
+            return STORED_LOCATION + checkpoint.path
     raise not_found("model", model_id, param="model")
 
 

@@ -11,10 +11,14 @@ router = APIRouter(include_in_schema=False)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 # The page's own files only: a fixed list keeps paths like ../ out of the lookup.
+JS = "text/javascript; charset=utf-8"
 CONTENT_TYPES = {
     "index.html": "text/html; charset=utf-8",
-    "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
+    **{
+        f"{module}.js": JS
+        for module in ("app", "lib", "chart", "jobs", "job", "job-form", "resolved", "playground")
+    },
 }
 # no-cache: browsers revalidate, so an upgraded service never runs yesterday's app.js.
 HEADERS = {"Cache-Control": "no-cache"}

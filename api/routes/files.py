@@ -1,11 +1,12 @@
 """Files: upload (streamed, validated), list, read, download, delete."""
 
 import logging
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
 from api.auth import Owner
@@ -14,6 +15,7 @@ from api.errors import ApiError
 from api.limits import check_stored_bytes
 from api.pagination import cursor_row, newest_first
 from api.schemas import Deleted, FileOut, ListPage
+from api.stored import stored_response
 from api.uploads import Upload, receive_upload, safe_filename
 from shared.datasets import DatasetError, detect_format, public_format, validate_dataset
 from shared.db.session import session_scope
@@ -21,7 +23,7 @@ from shared.db.tables import TERMINAL_STATUSES, File, Job
 from shared.ids import new_sortable_id, now_ts
 from shared.naming import FINE_TUNE_PURPOSE
 from shared.settings import get_settings
-from shared.storage import get_storage
+from shared.storage import file_key, get_storage
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/files", tags=["files"])
@@ -76,9 +78,8 @@ def _store_upload(owner: str, upload: Upload) -> FileOut:
         raise ApiError(400, f"{filename}: {exc}", param="file", code="invalid_file") from None
     storage = get_storage()
     file_id = new_sortable_id("file")
-    final = storage.file_path(file_id)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    upload.path.rename(final)
+    key = file_key(file_id)
+    storage.put_file(key, upload.path, move=True)
     try:
         with session_scope() as session:
             check_stored_bytes(session, owner, upload.size)
@@ -94,9 +95,16 @@ def _store_upload(owner: str, upload: Upload) -> FileOut:
             )
             session.add(row)
     except BaseException:
-        final.unlink(missing_ok=True)
+        storage.delete(key)
         raise
     return file_out(row)
+
+
+def upload_dir() -> Path:
+    """This host's folder for uploads being received (validated there, then stored)."""
+    folder = get_storage().scratch / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _check_quota(owner: str) -> None:
@@ -114,8 +122,7 @@ def _check_quota(owner: str) -> None:
 async def create_file(request: Request, owner: Owner) -> FileOut:
     """Stream the upload to scratch space, validate it, then keep it under a generated id."""
     settings = get_settings()
-    storage = get_storage()
-    tmp_dir = await run_in_threadpool(storage.tmp_dir)
+    tmp_dir = await run_in_threadpool(upload_dir)
     await run_in_threadpool(_check_quota, owner)  # already full: refuse before streaming
     upload = await receive_upload(request, tmp_dir, settings.max_upload_bytes)
     try:
@@ -153,19 +160,17 @@ def read_file(file_id: str, owner: Owner) -> FileOut:
 
 @router.get(
     "/{file_id}/content",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     operation_id="downloadFile",
     summary="Download a file's bytes",
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-def download_file(file_id: str, owner: Owner) -> FileResponse:
+def download_file(file_id: str, owner: Owner) -> StreamingResponse:
     """The stored bytes, exactly as uploaded."""
     with session_scope() as session:
         row = owned_file(session, owner, file_id)
-    path = get_storage().file_path(file_id)
-    if not path.is_file():
-        raise ApiError(404, f"the bytes of {file_id} are missing from storage", type="server_error")
-    return FileResponse(path, media_type="application/octet-stream", filename=row.filename)
+    missing = ApiError(404, f"the bytes of {file_id} are missing from storage", type="server_error")
+    return stored_response(file_key(file_id), row.filename, "application/octet-stream", missing)
 
 
 @router.delete(
@@ -186,5 +191,5 @@ def delete_file(file_id: str, owner: Owner) -> Deleted:
                 409, f"{file_id} is used by {user}, which has not finished; cancel it first"
             )
         row.deleted_at = now_ts()
-    get_storage().file_path(file_id).unlink(missing_ok=True)
+    get_storage().delete(file_key(file_id))
     return Deleted(id=file_id, object="file")

@@ -1,28 +1,28 @@
 """Models: base models plus the caller's fine-tuned models and checkpoints."""
 
+import hashlib
 import logging
 import os
 import re
-import shutil
 import tarfile
 import tempfile
 from pathlib import Path
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse
-from sqlalchemy import select
+from fastapi.responses import StreamingResponse
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
-from starlette.background import BackgroundTask
 
 from api.auth import Owner
 from api.errors import ApiError, not_found
 from api.schemas import Deleted, ListPage, ModelOut
+from api.stored import stored_response
 from shared.catalog import BaseModelEntry, find_base_model, list_base_models
 from shared.db.session import session_scope
 from shared.db.tables import Checkpoint, FineTunedModel
 from shared.ids import now_ts
 from shared.settings import get_settings
-from shared.storage import get_storage
+from shared.storage import Manifest, Storage, checkpoints_prefix, get_storage
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/models", tags=["models"])
@@ -68,44 +68,57 @@ def list_models(owner: Owner) -> ListPage[ModelOut]:
     "/{model_id:path}/content",
     operation_id="downloadModel",
     summary="Download a fine-tuned model as tar.gz",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
 )
-def download_model(model_id: str, owner: Owner) -> FileResponse:
-    """The caller's fine-tuned model folder (weights, config, tokenizer, adapter) as tar.gz."""
+def download_model(model_id: str, owner: Owner) -> StreamingResponse:
+    """The caller's fine-tuned model (weights, config, tokenizer, adapter) as tar.gz."""
     with session_scope() as session:
         model = find_fine_tuned(session, owner, model_id)
         if model is None:
             raise not_found("model", model_id, param="model")
-        folder = get_storage().absolute(model.path)
-    if not folder.is_dir():
-        raise ApiError(
-            410, f"model '{model_id}' has no files on disk any more", param="model", code="gone"
-        )
-    archive = pack_folder(folder, model_id)
+        prefix = model.path
+    storage = get_storage()
+    gone = ApiError(410, f"model '{model_id}' has no files any more", param="model", code="gone")
+    manifest = storage.read_manifest(prefix)
+    if manifest is None:
+        raise gone
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", model_id)
-    return FileResponse(
-        archive,
-        media_type="application/gzip",
-        filename=f"{name}.tar.gz",
-        background=BackgroundTask(archive.unlink, missing_ok=True),
-    )
+    key = archive_key(manifest)
+    if storage.size(key) is None:
+        # Built once per published model, then kept beside it for the next download.
+        storage.put_file(key, pack_set(storage, manifest, name), move=True)
+    return stored_response(key, f"{name}.tar.gz", "application/gzip", gone)
 
 
-def pack_folder(folder: Path, model_id: str) -> Path:
-    """A temporary tar.gz of folder, files under one top-level directory."""
-    top = re.sub(r"[^A-Za-z0-9._-]+", "-", model_id)
-    handle, name = tempfile.mkstemp(prefix="gpt2ft-model-", suffix=".tar.gz")
+def archive_key(manifest: Manifest) -> str:
+    """Where the tar.gz of a published set is kept (named after its manifest's content)."""
+    digest = hashlib.sha256(manifest.to_json()).hexdigest()[:16]
+    return f"{manifest.prefix}/archive-{digest}.tar.gz"
+
+
+def pack_set(storage: Storage, manifest: Manifest, top: str) -> Path:
+    """A temporary tar.gz of the set's files, under one top-level directory."""
+    handle, name = tempfile.mkstemp(prefix=".model-", suffix=".tar.gz", dir=scratch(storage))
     os.close(handle)
     try:
         # Level 1: safetensors barely compress; speed matters more than a few percent.
         with tarfile.open(name, "w:gz", compresslevel=1) as tar:
-            for path in sorted(folder.rglob("*")):
-                if path.is_file() and not path.name.startswith("."):
-                    tar.add(path, arcname=f"{top}/{path.relative_to(folder)}")
+            for entry in manifest.files:
+                info = tarfile.TarInfo(f"{top}/{entry.path}")
+                info.size, info.mode = entry.bytes, 0o644
+                with storage.open_reader(manifest.key_of(entry)) as reader:
+                    tar.addfile(info, reader)
     except BaseException:
         Path(name).unlink(missing_ok=True)
         raise
     return Path(name)
+
+
+def scratch(storage: Storage) -> Path:
+    """This host's folder for archives being built."""
+    folder = storage.scratch / "archives"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @router.get(
@@ -136,7 +149,7 @@ def read_model(model_id: str, owner: Owner) -> ModelOut:
     summary="Delete a fine-tuned model",
 )
 def delete_model(model_id: str, owner: Owner) -> Deleted:
-    """Delete one of the caller's fine-tuned models and its files; base models are refused."""
+    """Delete one of the caller's fine-tuned models, its checkpoints and their files."""
     if find_base_model(model_id, get_settings().resolved_models_dir) is not None:
         raise ApiError(
             403, f"base model '{model_id}' cannot be deleted", param="model", code="forbidden"
@@ -153,6 +166,10 @@ def delete_model(model_id: str, owner: Owner) -> Deleted:
                 )
             raise not_found("model", model_id, param="model")
         model.deleted_at = now_ts()
-        folder = get_storage().absolute(model.path)
-    shutil.rmtree(folder, ignore_errors=True)
+        # Its checkpoints go with it: no longer servable, listed or counted in the quota.
+        session.execute(delete(Checkpoint).where(Checkpoint.job_id == model.job_id))
+        prefix, job_id = model.path, model.job_id
+    storage = get_storage()
+    storage.delete_set(prefix)
+    storage.delete_prefix(checkpoints_prefix(job_id))
     return Deleted(id=model_id, object="model")

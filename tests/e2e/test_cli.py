@@ -46,6 +46,9 @@ def test_client_commands_find_the_port_and_key_of_a_running_make_run(
     try:
         wait_until(state.is_file, 120, f"{state} (see {tmp_path / 'run.log'})")
         assert state.stat().st_mode & 0o777 == 0o600
+        # Users' data is private: the database and Redis's AOF (files 0600, folders 0700).
+        private = [home / "gpt2ft.db", *(home / "redis").rglob("appendonly*")]
+        assert len(private) > 1 and not [p for p in private if p.stat().st_mode & 0o077]
 
         shell = shell_env(home)
         listed = subprocess.run(
@@ -104,6 +107,15 @@ def test_watch_attached_to_a_running_job_starts_from_its_current_step(
             cwd=REPO,
         )
         time.sleep(6)
+        # The event stream ends when the job pauses: watch waits, then follows it again.
+        api.post(f"/fine_tuning/jobs/{job_id}/pause")
+        status = lambda: api.get(f"/fine_tuning/jobs/{job_id}").json()  # noqa: E731
+        wait_until(lambda: status()["status"] == "paused", 120, "the pause")
+        paused_at = status()["steps_completed"]
+        time.sleep(3)
+        api.post(f"/fine_tuning/jobs/{job_id}/resume")
+        wait_until(lambda: status()["steps_completed"] >= paused_at + 3, 120, "3 steps more")
+        time.sleep(3)
         api.post(f"/fine_tuning/jobs/{job_id}/cancel")
         out, err = watch.communicate(timeout=120)
     finally:
@@ -115,3 +127,5 @@ def test_watch_attached_to_a_running_job_starts_from_its_current_step(
     assert steps[0] >= attached_at, f"replayed old steps: {steps[:5]} (attached at {attached_at})"
     assert steps == sorted(steps) and steps[-1] > steps[0], steps
     assert "ETA" in out
+    assert f"{job_id} paused: waiting for" in out
+    assert steps[-1] > paused_at, f"nothing followed after the resume: {steps[-5:]}"

@@ -13,7 +13,9 @@ from sqlalchemy import func, select
 from shared.db.session import session_scope
 from shared.db.tables import File, Job
 from shared.settings import get_settings
+from shared.storage import checkpoint_prefix, get_storage
 from tests.integration.conftest import GOOD_JSONL, upload
+from tests.integration.test_api_files import stored_files as stored_objects
 
 JOBS = "/v1/fine_tuning/jobs"
 # %00 in a URL is a NUL character once decoded (httpx refuses a raw one).
@@ -53,8 +55,7 @@ def stored_files(owner: str) -> tuple[int, list[str]]:
     """(rows, files on disk): what a refused upload must not change."""
     with session_scope() as session:
         count = int(session.scalar(select(func.count()).where(File.owner == owner)) or 0)
-    disk = sorted(p.name for p in get_settings().storage_dir.rglob("*") if p.is_file())
-    return count, disk
+    return count, stored_objects()
 
 
 @pytest.mark.parametrize(("method", "path"), NUL_PATHS)
@@ -302,3 +303,31 @@ def test_open_event_streams_are_capped_per_owner(
     assert [status for status, _ in results] == [200, 200]
     assert redis_db.zcard("gpt2ft:streams:alice") == 0  # closed streams gave their slots back
     assert read_stream(api, alice, job_id)[0] == 200
+
+
+def test_deleting_a_model_deletes_its_checkpoints(
+    api: TestClient, alice: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.integration.test_api_models import finished_job, publish_files
+
+    made = finished_job(api, alice, "alice")
+    job_id, model_id = made["job_id"], made["model_id"]
+    for step in (10, 20, 30):
+        publish_files(checkpoint_prefix(job_id, step), {"model.safetensors": b"w" * 1000})
+    ckpt = f"{model_id}:ckpt-step-20"
+    assert api.get(f"/v1/models/{ckpt}", headers=alice).status_code == 200
+    monkeypatch.setenv("GPT2FT_COMPLETION_TIMEOUT_SECONDS", "1")
+    get_settings.cache_clear()
+    assert api.delete(f"/v1/models/{model_id}", headers=alice).status_code == 200
+
+    # No longer servable or listed...
+    assert api.get(f"/v1/models/{ckpt}", headers=alice).status_code == 404
+    body = {"model": ckpt, "prompt": "hi", "max_tokens": 1}
+    assert api.post("/v1/completions", headers=alice, json=body).status_code == 404
+    listed = api.get(f"{JOBS}/{job_id}/checkpoints", headers=alice).json()
+    assert listed["data"] == []
+    # ...and their bytes are gone from the store.
+    assert get_storage().list_keys(f"jobs/{job_id}") == []
+    assert not [
+        p for p in get_settings().storage_dir.rglob("*") if job_id in str(p) and p.is_file()
+    ]

@@ -1,21 +1,26 @@
 """Files: upload (good, bad, too large), list, retrieve, content, delete, owners."""
 
-from pathlib import Path
-
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from shared.db.session import session_scope
 from shared.db.tables import File
-from shared.storage import get_storage
+from shared.storage import file_key, get_storage
 from tests.integration.conftest import GOOD_JSONL, upload
 
 
-def stored_files() -> list[Path]:
-    """Every file under the storage root (uploads, scratch)."""
-    root = get_storage().root
-    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+def stored_files() -> list[str]:
+    """Every stored object, and every file in the scratch folder uploads arrive in."""
+    storage = get_storage()
+    arriving = storage.scratch / "uploads"
+    spooled = [str(p) for p in arriving.rglob("*") if p.is_file()] if arriving.exists() else []
+    return storage.list_keys("files") + storage.list_keys("jobs") + spooled
+
+
+def stored_bytes(file_id: str) -> bytes | None:
+    """The bytes stored for a file id, or None."""
+    return get_storage().read_bytes(file_key(file_id))
 
 
 def file_rows() -> int:
@@ -29,12 +34,12 @@ def test_upload_jsonl_and_txt(api: TestClient, alice: dict[str, str]) -> None:
     assert body["bytes"] == len(GOOD_JSONL) and body["records"] == 20
     assert body["status"] == "processed" and body["filename"] == "train.jsonl"
     assert str(body["id"]).startswith("file-")
-    assert get_storage().file_path(str(body["id"])).read_bytes() == GOOD_JSONL
+    assert stored_bytes(str(body["id"])) == GOOD_JSONL
 
     text = upload(api, alice, b"hello world\nsecond line\n", name="../../etc/corpus.txt")
     # Stored under its id; the name shown is the base name only.
     assert text["format"] == "txt" and text["filename"] == "corpus.txt"
-    assert get_storage().file_path(str(text["id"])).is_file()
+    assert stored_bytes(str(text["id"])) == b"hello world\nsecond line\n"
     assert file_rows() == 2
 
 
@@ -129,10 +134,10 @@ def test_list_retrieve_content_delete(
         assert response.status_code == 404
         assert response.json()["error"]["message"] == f"No such file: {bobs}"
     assert api.delete(f"/v1/files/{bobs}", headers=alice).status_code == 404
-    assert get_storage().file_path(bobs).is_file()
+    assert stored_bytes(bobs) is not None
 
     deleted = api.delete(f"/v1/files/{ids[0]}", headers=alice)
     assert deleted.json() == {"id": ids[0], "object": "file", "deleted": True}
-    assert not get_storage().file_path(ids[0]).exists()
+    assert stored_bytes(ids[0]) is None
     assert api.get(f"/v1/files/{ids[0]}", headers=alice).status_code == 404
     assert len(api.get("/v1/files", headers=alice).json()["data"]) == 2

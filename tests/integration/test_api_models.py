@@ -10,7 +10,7 @@ from shared.db.session import session_scope
 from shared.db.tables import Checkpoint, FineTunedModel, Job, JobEvent
 from shared.ids import new_id, now_ts
 from shared.naming import checkpoint_model_id, fine_tuned_model_id
-from shared.storage import get_storage
+from shared.storage import get_storage, model_prefix
 from tests.integration.conftest import GOOD_JSONL, upload
 
 JOBS = "/v1/fine_tuning/jobs"
@@ -23,10 +23,7 @@ def finished_job(api: TestClient, headers: dict[str, str], owner: str) -> dict[s
         JOBS, headers=headers, json={"model": "gpt2-tiny", "training_file": file_id}
     ).json()["id"]
     model_id = fine_tuned_model_id("gpt2-tiny", owner, None, job_id)
-    storage = get_storage()
-    model_dir = storage.model_dir(job_id)
-    model_dir.mkdir(parents=True)
-    (model_dir / "config.json").write_text("{}")
+    model_path = publish_files(model_prefix(job_id), {"config.json": b"{}"})
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert job is not None
@@ -36,7 +33,7 @@ def finished_job(api: TestClient, headers: dict[str, str], owner: str) -> dict[s
         session.add(
             FineTunedModel(
                 id=model_id, owner=owner, job_id=job_id, base_model="gpt2-tiny",
-                path=storage.relative(model_dir), created_at=now_ts(),
+                path=model_path, created_at=now_ts(),
             )
         )  # fmt: skip
         for step in (10, 20, 30):
@@ -57,7 +54,27 @@ def finished_job(api: TestClient, headers: dict[str, str], owner: str) -> dict[s
                     data={"step": number} if number % 2 else None,
                 )
             )  # fmt: skip
-    return {"job_id": job_id, "model_id": model_id, "model_dir": model_dir}
+    return {"job_id": job_id, "model_id": model_id, "model_path": model_path}
+
+
+def publish_files(prefix: str, files: dict[str, bytes]) -> str:
+    """A set published as a worker would (staged, then its manifest); returns its prefix."""
+    storage = get_storage()
+    folder = storage.scratch / "made" / prefix
+    folder.mkdir(parents=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    staged = storage.stage_set(prefix, folder, "a1-test", {}, {})
+    return storage.commit_manifest(staged).prefix
+
+
+def is_published(prefix: str) -> bool:
+    """The set has a manifest, and every file it names is in the store."""
+    storage = get_storage()
+    manifest = storage.read_manifest(prefix)
+    return manifest is not None and all(
+        storage.size(manifest.key_of(entry)) == entry.bytes for entry in manifest.files
+    )
 
 
 def test_job_shows_resolved_values_and_progress(api: TestClient, alice: dict[str, str]) -> None:
@@ -126,11 +143,12 @@ def test_models_list_read_delete(
         assert response.status_code == 404 and model_id in response.json()["error"]["message"]
 
     assert api.delete(f"/v1/models/{theirs['model_id']}", headers=alice).status_code == 404
-    assert theirs["model_dir"].is_dir()
+    assert is_published(theirs["model_path"])
     assert api.delete("/v1/models/gpt2-tiny", headers=alice).status_code == 403
     deleted = api.delete(f"/v1/models/{mine['model_id']}", headers=alice).json()
     assert deleted == {"id": mine["model_id"], "object": "model", "deleted": True}
-    assert not mine["model_dir"].exists()
+    assert not is_published(mine["model_path"])
+    assert get_storage().list_keys(mine["model_path"]) == []
     assert api.get(f"/v1/models/{mine['model_id']}", headers=alice).status_code == 404
 
 

@@ -11,9 +11,10 @@ from sqlalchemy import func, select
 from shared.db.session import session_scope
 from shared.db.tables import File, Job
 from shared.spec import Hyperparameters, TaskOptions
-from shared.storage import get_storage
+from shared.storage import file_key, get_storage
 from tests.integration.conftest import GOOD_JSONL, upload
-from tests.integration.test_api_models import finished_job
+from tests.integration.test_api_files import stored_files
+from tests.integration.test_api_models import finished_job, is_published
 
 JOBS = "/v1/fine_tuning/jobs"
 
@@ -70,14 +71,13 @@ def test_another_owners_objects_are_404_and_unlisted(
     assert len(listed["files"]) == 1
     # Alice still has everything.
     assert api.get(f"/v1/models/{model_id}", headers=alice).status_code == 200
-    assert mine["model_dir"].is_dir()
+    assert is_published(mine["model_path"])
 
 
 def stored(owner: str) -> tuple[int, list[str]]:
     with session_scope() as session:
         rows = int(session.scalar(select(func.count()).where(File.owner == owner)) or 0)
-    files = sorted(p.name for p in get_storage().root.rglob("*") if p.is_file())
-    return rows, files
+    return rows, stored_files()
 
 
 def test_nul_bytes_are_400_naming_the_line(api: TestClient, alice: dict[str, str]) -> None:
@@ -103,10 +103,8 @@ def test_hostile_filename_is_only_data(api: TestClient, alice: dict[str, str]) -
     name = "../../etc/passwd.txt"
     made = upload(api, alice, b"root:x:0:0\n", name=name)
     assert made["filename"] == "passwd.txt"  # the base name only
-    path = get_storage().file_path(str(made["id"]))
-    assert path.is_file() and path.name == made["id"]
-    assert path.resolve().is_relative_to(get_storage().root.resolve())
-    assert not any("passwd" in p.name for p in get_storage().root.rglob("*"))
+    assert get_storage().list_keys("files") == [file_key(str(made["id"]))]
+    assert not any("passwd" in name for name in stored_files())
     assert api.get(f"/v1/files/{made['id']}/content", headers=alice).content == b"root:x:0:0\n"
 
 

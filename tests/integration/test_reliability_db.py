@@ -17,7 +17,7 @@ from shared.db.session import session_scope
 from shared.db.tables import FineTunedModel, Job, JobEvent, JobStatus, Metric
 from shared.jobs import Lease
 from shared.settings import get_settings
-from shared.storage import get_storage
+from shared.storage import get_storage, job_prefix, model_prefix
 from tests.integration.test_jobs_lease import claim, make_job, read_job
 from worker.heartbeat import Heartbeat
 from worker.outcomes import Outcome, TrainedRun, handle_success
@@ -127,9 +127,12 @@ def outcome(lease: Lease, job: JobSnapshot, lease_seconds: float) -> Outcome:
     reporter = DbReporter(lease, heartbeat, get_storage(), "ft:gpt2-tiny:alice::x", 10, 60)
     from worker.training.engine import TrainResult
 
-    result = TrainResult(None, 10, 1000, {"train_loss": 1.0}, None)
+    work = get_storage().scratch / "work"
+    (work / "model").mkdir(parents=True, exist_ok=True)
+    (work / "model" / "config.json").write_text("{}")
+    result = TrainResult(None, 10, 1000, {"train_loss": 1.0}, work / "model")
     ft_id = f"ft:m:{lease.job_id}"
-    return handle_success(TrainedRun(lease, job, result, reporter, ft_id, get_storage()))
+    return handle_success(TrainedRun(lease, job, result, reporter, ft_id, get_storage(), work))
 
 
 def test_outcome_waits_out_a_short_outage_and_lands_once(impatient_db: str) -> None:
@@ -140,6 +143,7 @@ def test_outcome_waits_out_a_short_outage_and_lands_once(impatient_db: str) -> N
     row = read_job(lease.job_id)
     assert row.status == JobStatus.succeeded and row.lease_owner is None
     assert count(FineTunedModel, lease.job_id) == 1
+    assert get_storage().read_manifest(model_prefix(lease.job_id)) is not None
     with session_scope() as session:
         messages = session.execute(
             select(JobEvent.message).where(JobEvent.job_id == lease.job_id)
@@ -156,6 +160,10 @@ def test_success_is_never_claimed_when_it_cannot_be_recorded(impatient_db: str) 
     # Still leased to the dead attempt: the lease lapses and the sweep requeues the job.
     assert row.status == JobStatus.queued and row.lease_owner == "w1"
     assert count(FineTunedModel, lease.job_id) == 0
+    # Nothing visible in the store either: no manifest, and the staged uploads are gone.
+    assert get_storage().read_manifest(model_prefix(lease.job_id)) is None
+    assert get_storage().list_keys(job_prefix(lease.job_id)) == []
+    assert get_storage().list_keys("files") == []
     with session_scope() as session:
         assert (
             session.execute(select(Job.fine_tuned_model).where(Job.id == lease.job_id)).one()[0]

@@ -8,6 +8,7 @@ from shared.db.session import session_scope
 from shared.db.tables import File, Job
 from shared.settings import get_settings
 from tests.integration.conftest import GOOD_JSONL, upload
+from tests.integration.test_api_files import stored_files
 
 JOBS = "/v1/fine_tuning/jobs"
 
@@ -62,7 +63,7 @@ def test_storage_quota_is_429_and_stores_nothing(
     assert get_settings().max_stored_bytes_per_owner == 10 * 1024**3
     limit(monkeypatch, "max_stored_bytes_per_owner", int(len(GOOD_JSONL) * 1.5))
     kept = upload(api, alice, GOOD_JSONL)["id"]
-    files_before = sorted(p.name for p in get_settings().storage_dir.rglob("*") if p.is_file())
+    files_before = stored_files()
 
     refused = api.post(
         "/v1/files",
@@ -77,7 +78,7 @@ def test_storage_quota_is_429_and_stores_nothing(
     assert "max_stored_bytes_per_owner" in error["message"]
     assert "DELETE /v1/files/" in error["message"]
     assert rows(File, "alice") == 1
-    files_after = sorted(p.name for p in get_settings().storage_dir.rglob("*") if p.is_file())
+    files_after = stored_files()
     assert files_after == files_before
 
     upload(api, bob, GOOD_JSONL)  # bob's bytes are his own

@@ -15,6 +15,7 @@ def points(count: int = 12) -> list[dict]:
     for step in range(1, count + 1):
         valid = 4.0 - step * 0.05 if step % 4 == 0 else None
         data = {"tokens_seen": step * 256, "tokens_per_second": 1000.0 + step}
+        data["train_mean_token_accuracy"] = step / 100
         if valid is not None:
             data |= {"valid_perplexity": 2.0**valid, "valid_mean_token_accuracy": 0.25}
         rows.append(metric_point(step, step / count, 5.0 - step * 0.1, valid, 1e-4, data))
@@ -67,4 +68,5 @@ def test_results_csv_has_the_header_and_one_row_per_step() -> None:
     fourth = dict(zip(COLUMNS, lines[4].split(","), strict=True))
     assert fourth["step"] == "4" and float(fourth["valid_loss"]) == 3.8
     assert fourth["grad_norm"] == "" and fourth["tokens_seen"] == "1024"
+    assert float(fourth["train_mean_token_accuracy"]) == 0.04
     assert dict(zip(COLUMNS, lines[1].split(","), strict=True))["valid_loss"] == ""

@@ -1,17 +1,33 @@
-"""The deployment files say what docs/reliability.md asks: AOF Redis, one-shot migrations, a GPU."""
+"""The deployment files say what docs/reliability.md asks: AOF Redis, one-shot setup, a GPU.
 
+Static checks here; `make compose-smoke` (scripts/compose-smoke.sh) runs the stack for real.
+"""
+
+import ast
+import importlib.metadata
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIREMENTS = REPO / "requirements"
 TORCH_PACKAGES = {"torch", "transformers", "tokenizers", "accelerate", "peft", "safetensors"}
+FIRST_PARTY = {"api", "worker", "shared", "cli", "migrations"}
+# What each image runs: every import of its own code, and the module-level imports of the CLI
+# (a command's lazy imports, like uvicorn for `gpt2ft api`, belong to the image that runs it).
+IMAGE_CODE = {
+    "api.txt": ["api", "shared", "migrations"],
+    "worker.txt": ["worker", "shared", "migrations", "scripts/worker_health.py"],
+}
+SERVICES_REQUIRED = bool(os.environ.get("CI") or os.environ.get("GPT2FT_REQUIRE_SERVICES"))
 
 
 def normalize(name: str) -> str:
@@ -39,10 +55,99 @@ def pins(path: Path, follow_includes: bool = True) -> dict[str, str]:
     return found
 
 
+def requirements_of(path: Path) -> list[Requirement]:
+    """Every requirement of a requirements file, -r includes followed."""
+    found: list[Requirement] = []
+    for line in requirement_lines(path):
+        if line.startswith("-r"):
+            found += requirements_of(path.parent / line[2:].strip())
+        else:
+            found.append(Requirement(line))
+    return found
+
+
+def closure(wanted: list[Requirement]) -> set[str]:
+    """Names of everything pip installs for `wanted` here (metadata of this environment)."""
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = list(wanted)
+    while todo:
+        requirement = todo.pop()
+        key = (normalize(requirement.name), frozenset(requirement.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        for spec in importlib.metadata.requires(requirement.name) or []:
+            dependency = Requirement(spec)
+            extras = requirement.extras or {""}
+            marker = dependency.marker
+            if marker is None or any(marker.evaluate({"extra": extra}) for extra in extras):
+                todo.append(dependency)
+    return {name for name, _ in seen}
+
+
+def imported_names(tree: ast.AST, module_level_only: bool) -> list[str]:
+    """Absolute module names imported in tree; function bodies skipped if module_level_only."""
+    names: list[str] = []
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+        if module_level_only and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        todo += ast.iter_child_nodes(node)
+    return names
+
+
+def third_party_imports(roots: list[str], module_level_only: bool = False) -> dict[str, str]:
+    """Top-level module -> the first file importing it, for every non-stdlib import in roots."""
+    files: list[Path] = []
+    for root in roots:
+        path = REPO / root
+        files += [path] if path.is_file() else sorted(path.rglob("*.py"))
+    found: dict[str, str] = {}
+    for file in files:
+        tree = ast.parse(file.read_text(), str(file))
+        for name in imported_names(tree, module_level_only):
+            top = name.split(".")[0]
+            if top not in sys.stdlib_module_names and top not in FIRST_PARTY:
+                found.setdefault(top, str(file.relative_to(REPO)))
+    return found
+
+
+def needs_tool(reason: str) -> None:
+    """Skip, saying why; under CI (or GPT2FT_REQUIRE_SERVICES) a missing tool is a failure."""
+    if SERVICES_REQUIRED:
+        pytest.fail(f"{reason} (CI: .ci/run installs it)")
+    pytest.skip(reason)
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error} (the forms our files use)."""
+
+    def value(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2), match.group(3)
+        if env.get(name):
+            return env[name]
+        if op == ":?":
+            raise ValueError(arg)
+        return arg if op == ":-" else ""
+
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", value, text)
+
+
+def load_compose(name: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """A compose file, anchors resolved; interpolated with env when one is given."""
+    text = (REPO / name).read_text()
+    return yaml.safe_load(text if env is None else interpolate(text, env))
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    """docker-compose.yml, anchors resolved."""
-    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    """docker-compose.yml with anchors resolved, variables left as written."""
+    return load_compose("docker-compose.yml")
 
 
 def command_text(service: dict[str, Any]) -> str:
@@ -60,45 +165,93 @@ def test_redis_keeps_messages_and_never_evicts(compose: dict[str, Any]) -> None:
     assert any(volume.endswith(":/data") for volume in redis["volumes"])
 
 
-def test_postgres_and_a_one_shot_migration_gate_the_services(compose: dict[str, Any]) -> None:
+def test_postgres_password_is_required_and_shared() -> None:
+    with pytest.raises(ValueError, match="set POSTGRES_PASSWORD"):
+        load_compose("docker-compose.yml", env={})
+    services = load_compose("docker-compose.yml", env={"POSTGRES_PASSWORD": "s3cret"})["services"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == "s3cret"
+    for name in ("setup", "api", "worker", "worker-cpu"):
+        url = services[name]["environment"]["DATABASE_URL"]
+        assert url == "postgresql+psycopg://gpt2ft:s3cret@postgres:5432/gpt2ft"
+
+
+WORKERS = ("worker", "worker-cpu")
+
+
+def test_a_one_shot_setup_gates_the_api_and_workers(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert "postgres" in services
-    migrate = services["migrate"]
-    assert command_text(migrate) == "gpt2ft migrate"
-    assert migrate["restart"] == "no"
-    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("api", "worker"):
+    assert "migrate" not in services, "setup migrates; a second one-shot would race it"
+    setup = services["setup"]
+    assert command_text(setup) == "gpt2ft setup"
+    assert setup["restart"] == "no"
+    assert setup["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # gpt2-tiny needs torch: setup runs on the worker image.
+    assert setup["image"] == services["worker"]["image"]
+    assert setup["build"] == services["worker"]["build"]
+    for name in ("api", *WORKERS):
         depends = services[name]["depends_on"]
-        assert depends["migrate"]["condition"] == "service_completed_successfully"
+        assert depends["setup"]["condition"] == "service_completed_successfully"
         assert depends["redis"]["condition"] == "service_healthy"
         env = services[name]["environment"]
-        assert env["DATABASE_URL"].startswith("postgresql+psycopg://")
-        assert env["DATABASE_URL"].endswith("@postgres:5432/gpt2ft")
         assert env["REDIS_URL"] == "redis://redis:6379/0"
         assert env["GPT2FT_HOME"] == "/data"
         assert "GPT2FT_DEV_API_KEY" in env
 
 
-def test_the_worker_reserves_one_gpu(compose: dict[str, Any]) -> None:
-    worker = compose["services"]["worker"]
+def test_the_worker_reserves_one_gpu_and_the_cpu_override_swaps_it(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    worker, cpu = services["worker"], services["worker-cpu"]
     assert command_text(worker) == "gpt2ft worker"
     assert worker["build"]["dockerfile"] == "Dockerfile.worker"
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    # The CPU worker is the same service without a device, off unless the override says so.
+    assert {k: v for k, v in cpu.items() if k != "deploy"} == {
+        k: v for k, v in worker.items() if k != "deploy"
+    }
+    assert cpu["deploy"] == {"replicas": 0}
+    override = load_compose("docker-compose.cpu.yml")
+    assert override == {
+        "services": {
+            "worker": {"deploy": {"replicas": 0}},
+            "worker-cpu": {"deploy": {"replicas": 1}},
+        }
+    }
 
 
-def test_health_checks_and_the_api(compose: dict[str, Any]) -> None:
+def test_workers_have_a_health_check_that_looks_at_the_worker(compose: dict[str, Any]) -> None:
+    for name in WORKERS:
+        check = compose["services"][name]["healthcheck"]
+        assert check["test"] == ["CMD", "python", "/app/scripts/worker_health.py"]
+        assert check["start_period"] and check["retries"] >= 2
+    assert (REPO / "scripts" / "worker_health.py").is_file()
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert not {"scripts", "scripts/", "scripts/*"} & set(ignored), "the image needs scripts/"
+
+
+def test_the_api_is_published_on_loopback_unless_asked() -> None:
+    env = {"POSTGRES_PASSWORD": "x"}
+    api = load_compose("docker-compose.yml", env)["services"]["api"]
+    assert api["ports"] == ["127.0.0.1:8000:8000"]
+    assert command_text(api).startswith("gpt2ft api --host 0.0.0.0")  # inside its network
+    exposed = load_compose("docker-compose.yml", {**env, "GPT2FT_BIND": "0.0.0.0"})
+    assert exposed["services"]["api"]["ports"] == ["0.0.0.0:8000:8000"]
+    flower = load_compose("docker-compose.yml", env)["services"]["flower"]
+    assert all(port.startswith("127.0.0.1:") for port in flower["ports"])
+
+
+def test_health_checks(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert "redis-cli" in services["redis"]["healthcheck"]["test"]
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     api = services["api"]
     assert "/readyz" in " ".join(api["healthcheck"]["test"])
-    assert command_text(api).startswith("gpt2ft api --host 0.0.0.0")
     assert api["build"]["dockerfile"] == "Dockerfile.api"
-    assert any(str(port).endswith(":8000") for port in api["ports"])
 
 
-def test_api_and_worker_share_one_data_volume(compose: dict[str, Any]) -> None:
+def test_api_setup_and_workers_share_one_data_volume(compose: dict[str, Any]) -> None:
     services = compose["services"]
 
     def data_volume(name: str) -> str:
@@ -106,12 +259,37 @@ def test_api_and_worker_share_one_data_volume(compose: dict[str, Any]) -> None:
         assert len(mounts) == 1, f"{name} mounts no volume at /data"
         return mounts[0].split(":")[0]
 
-    assert data_volume("api") == data_volume("worker")
-    assert data_volume("api") in compose["volumes"]
+    volumes = {data_volume(name) for name in ("api", "setup", *WORKERS)}
+    assert len(volumes) == 1
+    assert volumes <= set(compose["volumes"])
 
 
 def test_flower_is_optional(compose: dict[str, Any]) -> None:
     assert compose["services"]["flower"]["profiles"] == ["monitoring"]
+
+
+def test_base_images_can_be_swapped_for_a_mirror() -> None:
+    services = load_compose("docker-compose.yml", {"POSTGRES_PASSWORD": "x"})["services"]
+    assert services["redis"]["image"] == "redis:7.2-alpine"
+    assert services["postgres"]["image"] == "postgres:16"
+    for name in ("api", "setup", *WORKERS):
+        assert services[name]["build"]["args"] == {"PYTHON_IMAGE": "python:3.11-slim"}
+    mirrored = load_compose(
+        "docker-compose.yml",
+        {"POSTGRES_PASSWORD": "x", "GPT2FT_PYTHON_IMAGE": "mirror/python:3.11-slim"},
+    )
+    assert mirrored["services"]["api"]["build"]["args"]["PYTHON_IMAGE"] == "mirror/python:3.11-slim"
+    for dockerfile in ("Dockerfile.api", "Dockerfile.worker"):
+        lines = (REPO / dockerfile).read_text().splitlines()
+        assert "ARG PYTHON_IMAGE=python:3.11-slim" in lines
+        assert [line for line in lines if line.startswith("FROM ")] == ["FROM ${PYTHON_IMAGE}"]
+
+
+def test_the_worker_image_hands_out_no_gpu() -> None:
+    """GPUs come from each container's device reservation, never from the image."""
+    lines = (REPO / "Dockerfile.worker").read_text().splitlines()
+    code = [line for line in lines if not line.lstrip().startswith("#")]
+    assert not [line for line in code if "NVIDIA_VISIBLE_DEVICES" in line]
 
 
 def pip_installs(dockerfile: str) -> list[list[str]]:
@@ -160,8 +338,28 @@ def test_images_install_pinned_requirements(dockerfile: str, requirements: str) 
     assert not bare, f"{dockerfile} installs packages outside the requirements files: {bare}"
 
 
+@pytest.mark.parametrize("requirements", sorted(IMAGE_CODE))
+def test_each_image_installs_what_its_code_imports(requirements: str) -> None:
+    """`gpt2ft migrate` died in the API image on cli/client.py's httpx: never again."""
+    installed = closure(requirements_of(REQUIREMENTS / requirements))
+    providers = importlib.metadata.packages_distributions()
+    imports = third_party_imports(["cli"], module_level_only=True)
+    imports.update(third_party_imports(IMAGE_CODE[requirements]))
+    for module, where in sorted(imports.items()):
+        found = {normalize(dist) for dist in providers.get(module, [])}
+        assert found & installed, f"{where} imports {module}: requirements/{requirements} lacks it"
+
+
+@pytest.mark.parametrize("requirements", sorted(IMAGE_CODE))
+def test_each_image_has_the_celery_redis_transport(requirements: str) -> None:
+    """kombu's Redis transport imports packaging: without it the API could send no job."""
+    installed = closure(requirements_of(REQUIREMENTS / requirements))
+    transport = closure([Requirement("kombu[redis]")]) - closure([Requirement("kombu")])
+    assert transport and transport <= installed, transport - installed
+
+
 def test_the_api_image_pulls_no_torch() -> None:
-    api_packages = set(pins(REQUIREMENTS / "api.txt"))
+    api_packages = closure(requirements_of(REQUIREMENTS / "api.txt"))
     assert "fastapi" in api_packages and "uvicorn" in api_packages
     assert not api_packages & TORCH_PACKAGES
     worker_packages = set(pins(REQUIREMENTS / "worker.txt"))
@@ -177,17 +375,51 @@ def test_every_requirement_is_pinned_in_the_constraints_file() -> None:
             )
 
 
-def test_docker_compose_config_is_valid() -> None:
-    docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("docker client not installed: compose file checked by the tests above only")
-    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip("the docker compose plugin is not installed here")
-    result = subprocess.run(
-        [docker, "compose", "-f", str(REPO / "docker-compose.yml"), "config", "-q"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+def test_the_constraints_file_pins_everything_installed() -> None:
+    """A fresh machine and the images resolve the same versions: nothing floats."""
+    constraints = pins(REQUIREMENTS / "constraints.txt")
+    floating = closure(requirements_of(REQUIREMENTS / "dev.txt")) - set(constraints)
+    assert not floating, f"constraints.txt pins no version of {sorted(floating)}"
+
+
+SHELL_SCRIPTS = [".ci/run", *sorted(str(p.relative_to(REPO)) for p in REPO.glob("scripts/**/*.sh"))]
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS)
+def test_shell_scripts_parse(script: str) -> None:
+    result = subprocess.run(["bash", "-n", str(REPO / script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def compose_command() -> list[str]:
+    """`docker compose` (v2) where the plugin answers, else docker-compose (1.29)."""
+    docker = shutil.which("docker")
+    if (
+        docker
+        and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
+    ):
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    if legacy is None:
+        needs_tool("neither the docker compose plugin nor docker-compose is installed")
+    return [str(legacy)]
+
+
+@pytest.mark.parametrize(
+    "files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.cpu.yml"]]
+)
+def test_docker_compose_accepts_the_files(files: list[str]) -> None:
+    command = compose_command() + [arg for name in files for arg in ("-f", name)]
+    env = {k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"}
+    missing = subprocess.run(
+        [*command, "config", "-q"], capture_output=True, text=True, cwd=REPO, env=env
+    )
+    assert missing.returncode != 0 and "set POSTGRES_PASSWORD" in missing.stderr
+    env["POSTGRES_PASSWORD"] = "x"
+    result = subprocess.run([*command, "config"], capture_output=True, text=True, cwd=REPO, env=env)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    replicas = {name: services[name]["deploy"].get("replicas", 1) for name in WORKERS}
+    cpu = len(files) == 2
+    assert replicas == {"worker": 0 if cpu else 1, "worker-cpu": 1 if cpu else 0}
+    assert "devices" in str(services["worker"]["deploy"])

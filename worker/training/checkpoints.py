@@ -89,7 +89,7 @@ def save_checkpoint(
         tokenizer.save_pretrained(staging)
         torch.save(training_state, staging / STATE_FILE)
         (staging / INFO_FILE).write_text(json.dumps({"step": step, **info}, indent=2))
-        staging.chmod(0o755)
+        staging.chmod(0o700)  # users' weights: the owner only
         staging.rename(final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

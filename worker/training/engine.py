@@ -56,7 +56,7 @@ def save_final_model(run: Run, final_dir: Path, source: Path | None = None) -> P
         else:
             Exportable(run.model).save_pretrained(staging)
             run.tokenizer.save_pretrained(staging)
-        staging.chmod(0o755)
+        staging.chmod(0o700)  # users' weights: the owner only
         if final_dir.exists():
             # A previous attempt finished saving but not reporting: replace its copy.
             shutil.rmtree(final_dir)

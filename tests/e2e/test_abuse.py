@@ -1,4 +1,4 @@
-"""Abuse against a real `gpt2ft api` process: huge bodies, and what its memory does meanwhile."""
+"""Abuse against real processes: huge bodies, in-flight limits, deadlines, private files."""
 
 import socket
 import subprocess
@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from tests.e2e.conftest import GPT2FT, Service, free_port, wait_until
+from tests.e2e.corpus import corpus_text
 
 pytestmark = pytest.mark.e2e
 MiB = 1024 * 1024
@@ -211,7 +212,7 @@ def test_inflight_inference_limit_holds_across_api_processes(
 
 
 @pytest.fixture
-def inference_worker(service: Service) -> Iterator[None]:
+def worker(service: Service) -> Iterator[None]:
     """A worker for this test only (the other tests here want requests left waiting)."""
     service.start_worker()
     try:
@@ -221,9 +222,11 @@ def inference_worker(service: Service) -> Iterator[None]:
 
 
 def test_generation_stops_at_the_deadline_and_frees_the_worker(
-    api_server: ApiServer, service: Service, inference_worker: None
+    api_server: ApiServer, service: Service, worker: None
 ) -> None:
     key = api_server.api_key
+    worker_log = service.logs / "worker.log"
+    logged_before = worker_log.stat().st_size  # the log file outlives earlier runs
     light = {"model": "gpt2-tiny", "prompt": "zebra quokka 7731", "max_tokens": 8}
     answers: list[httpx.Response] = []
     wait_until(
@@ -242,6 +245,37 @@ def test_generation_stops_at_the_deadline_and_frees_the_worker(
     assert answers[-1].status_code == 200, answers[-1].text
     text = answers[-1].json()["choices"][0]["text"]
     # Prompts and generations are not logged at INFO (the service's level).
-    log = (service.logs / "worker.log").read_text(errors="replace")
+    with worker_log.open("rb") as handle:
+        handle.seek(logged_before)
+        log = handle.read().decode(errors="replace")
+    assert "gpt2ft.generate" in log  # this run's lines are there
     assert "zebra quokka 7731" not in log
     assert len(text) < 6 or text not in log
+
+
+def test_what_the_service_stores_is_private_to_its_user(
+    api_server: ApiServer, service: Service, worker: None
+) -> None:
+    """Uploads, the database, checkpoints (training_state.pt), the model and results: 0600/0700."""
+    http = httpx.Client(
+        base_url=f"{api_server.url}/v1", headers={"Authorization": f"Bearer {service.api_key}"}
+    )
+    files = {"file": ("jokes.txt", corpus_text(10).encode())}
+    upload = http.post("/files", files=files, data={"purpose": "fine-tune"})
+    assert upload.status_code == 200, upload.text
+    body = {
+        "model": "gpt2-tiny",
+        "training_file": upload.json()["id"],
+        "hyperparameters": {"n_epochs": 1, "batch_size": 4, "block_size": 32},
+    }
+    job = http.post("/fine_tuning/jobs", json=body).json()
+    wait_until(
+        lambda: http.get(f"/fine_tuning/jobs/{job['id']}").json()["status"] == "succeeded",
+        240,
+        "the job to succeed",
+    )
+    stored = [p for p in service.home.rglob("*") if not p.is_symlink()]
+    names = {p.name for p in stored}
+    assert {"gpt2ft.db", "training_state.pt", upload.json()["id"]} <= names
+    shared = [f"{p} {p.stat().st_mode & 0o777:o}" for p in stored if p.stat().st_mode & 0o077]
+    assert not shared, "readable by other users: " + ", ".join(shared)

@@ -1,0 +1,141 @@
+// Playground: one prompt, one or two models side by side, any checkpoint of a fine-tune.
+import { $, api, el, guarded } from "./lib.js";
+
+const PANES = ["a", "b"];
+const CHECKPOINT_MARK = ":ckpt-step-";
+
+function jobOf(modelId) {
+  // ft:<base>:<owner>:<suffix>:<job id>[:ckpt-step-N]: the job that made a fine-tuned model.
+  const parts = modelId.split(CHECKPOINT_MARK)[0].split(":");
+  return modelId.startsWith("ft:") && parts.length >= 5 ? parts[parts.length - 1] : null;
+}
+
+function baseOf(modelId) {
+  return modelId.startsWith("ft:") ? modelId.split(":")[1] : modelId;
+}
+
+function modelOptions(ids, extra) {
+  const base = ids.filter((id) => !id.startsWith("ft:"));
+  const tuned = [...ids.filter((id) => id.startsWith("ft:")), ...extra];
+  const group = (label, list, note = "") =>
+    list.length ? el("optgroup", { label }, list.map((id) => el("option", { value: id }, `${id}${note}`))) : null;
+  return [group("Fine-tuned", tuned), group("Base models", base)].filter(Boolean);
+}
+
+const checkpointCache = new Map();
+
+async function checkpointsOf(jobId) {
+  if (!checkpointCache.has(jobId)) {
+    const page = api(`/v1/fine_tuning/jobs/${encodeURIComponent(jobId)}/checkpoints?limit=100`);
+    checkpointCache.set(jobId, page.then((p) => p.data).catch(() => []));
+  }
+  return checkpointCache.get(jobId);
+}
+
+async function fillWeights(pane, chosen) {
+  const model = $(`play-model-${pane}`).value;
+  const select = $(`play-checkpoint-${pane}`);
+  const jobId = model ? jobOf(model) : null;
+  if (!jobId) {
+    select.replaceChildren(el("option", { value: "" }, "the model's own weights"));
+    select.disabled = true;
+    return;
+  }
+  checkpointCache.delete(jobId); // a running job gains checkpoints: read them afresh
+  const checkpoints = await checkpointsOf(jobId);
+  const options = [el("option", { value: "" }, "final model")];
+  for (const c of checkpoints) {
+    const best = c.is_best ? " (best)" : "";
+    options.push(el("option", { value: c.fine_tuned_model_checkpoint }, `checkpoint at step ${c.step_number}${best}`));
+  }
+  select.replaceChildren(...options);
+  select.disabled = checkpoints.length === 0;
+  if (chosen && checkpoints.some((c) => c.fine_tuned_model_checkpoint === chosen)) select.value = chosen;
+}
+
+function pick(select, wanted) {
+  if (wanted && [...select.options].some((o) => o.value === wanted)) select.value = wanted;
+}
+
+export async function enterPlayground(route) {
+  const models = (await api("/v1/models")).data.map((m) => m.id);
+  const requested = [route.model, route.compare].filter(Boolean);
+  // A checkpoint of a job still training: its final model is not listed yet, offer it anyway.
+  const unlisted = requested
+    .map((id) => id.split(CHECKPOINT_MARK)[0])
+    .filter((id) => id.startsWith("ft:") && !models.includes(id));
+  for (const pane of PANES) {
+    const select = $(`play-model-${pane}`);
+    const previous = select.value;
+    select.replaceChildren(...modelOptions(models, [...new Set(unlisted)]));
+    pick(select, previous);
+  }
+  const first = route.model || $("play-model-a").value || models.find((id) => id.startsWith("ft:")) || models[0];
+  pick($("play-model-a"), first && first.split(CHECKPOINT_MARK)[0]);
+  const second = route.compare || (route.model ? baseOf(route.model) : $("play-model-b").value) || baseOf(first || "");
+  pick($("play-model-b"), second && second.split(CHECKPOINT_MARK)[0]);
+  if (route.compare) $("play-compare").checked = true;
+  showPanes();
+  await Promise.all([fillWeights("a", route.model), fillWeights("b", route.compare)]);
+}
+
+function showPanes() {
+  document.querySelector("[data-pane=b]").hidden = !$("play-compare").checked;
+  $("play-panes").classList.toggle("single", !$("play-compare").checked);
+}
+
+export function stopSequences(text) {
+  // "a|b" is two stop sequences; \n and \t stand for a newline and a tab.
+  const unescaped = (s) => s.replace(/\\n/g, "\n").replace(/\\t/g, "\t");
+  return text.split("|").map(unescaped).filter((s) => s !== "").slice(0, 4);
+}
+
+function completionBody(model) {
+  const body = {
+    model,
+    prompt: $("play-prompt").value,
+    max_tokens: parseInt($("play-max-tokens").value, 10) || 40,
+    temperature: parseFloat($("play-temperature").value),
+    top_p: parseFloat($("play-top-p").value),
+  };
+  const seed = $("play-seed").value.trim();
+  if (seed !== "") body.seed = parseInt(seed, 10);
+  const stop = stopSequences($("play-stop").value);
+  if (stop.length) body.stop = stop;
+  return body;
+}
+
+async function generate(pane) {
+  const model = $(`play-checkpoint-${pane}`).value || $(`play-model-${pane}`).value;
+  const output = $(`play-output-${pane}`);
+  const meta = $(`play-meta-${pane}`);
+  delete output.dataset.done;
+  output.replaceChildren("Generating…");
+  meta.textContent = "";
+  const started = performance.now();
+  const body = completionBody(model);
+  try {
+    const result = await api("/v1/completions", { method: "POST", json: body });
+    const choice = result.choices[0];
+    output.replaceChildren(el("b", {}, body.prompt), choice.text);
+    const tokens = result.usage ? `${result.usage.completion_tokens} tokens · ` : "";
+    const seconds = ((performance.now() - started) / 1000).toFixed(1);
+    meta.textContent = `${model} · ${tokens}finish: ${choice.finish_reason} · ${seconds} s`;
+    output.dataset.done = "true";
+  } catch (err) {
+    output.replaceChildren();
+    throw err;
+  }
+}
+
+export function initPlayground() {
+  $("play-compare").addEventListener("change", showPanes);
+  for (const pane of PANES) {
+    $(`play-model-${pane}`).addEventListener("change", () => guarded(() => fillWeights(pane)));
+  }
+  $("play-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const panes = $("play-compare").checked ? PANES : ["a"];
+    for (const pane of panes) guarded(() => generate(pane));
+  });
+}
