@@ -17,6 +17,7 @@ from starlette.datastructures import QueryParams
 from api.deps import owned_file
 from api.errors import ApiError
 from api.limits import check_active_jobs
+from api.locks import lock_files
 from api.queue import run_dry_run
 from api.schemas import JobCreate
 from shared.catalog import find_base_model
@@ -157,7 +158,7 @@ def _metadata_has(dialect: str, key: str, value: str) -> ColumnElement[bool]:
 
 
 def build_job(session: Session, owner: str, body: JobCreate) -> Job:
-    """A new job row in validating_files, after every check that needs no tokenizer."""
+    """A new job row, queued for a worker, after every check that needs no tokenizer."""
     check_supported(body)
     hyperparameters = requested_hyperparameters(body)
     if find_base_model(body.model, get_settings().resolved_models_dir) is None:
@@ -167,8 +168,12 @@ def build_job(session: Session, owner: str, body: JobCreate) -> Job:
             param="model",
             code="model_not_found",
         )
+    if not body.dry_run:
+        # Until this job is committed, a delete of its files waits (and then sees the job).
+        lock_files(session, [body.training_file, body.validation_file])
     options = job_options(session, owner, body)
-    check_active_jobs(session, owner)
+    if not body.dry_run:  # a dry run stores nothing, so it takes no place in the quota
+        check_active_jobs(session, owner)
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     return Job(
         id=new_sortable_id("ftjob"),
@@ -178,7 +183,7 @@ def build_job(session: Session, owner: str, body: JobCreate) -> Job:
         validation_file=body.validation_file,
         suffix=body.suffix or None,
         seed=seed,
-        status=JobStatus.validating_files.value,
+        status=JobStatus.queued,
         hyperparameters=hyperparameters,
         options=options,
         job_metadata=body.metadata,

@@ -4,6 +4,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
+from api.locks import lock_owner
 from shared.db.tables import TERMINAL_STATUSES, File, Job
 from shared.settings import get_settings
 
@@ -34,8 +35,13 @@ def stored_bytes(session: Session, owner: str) -> int:
 
 
 def check_active_jobs(session: Session, owner: str) -> None:
-    """429 when one more job would exceed max_active_jobs_per_owner."""
+    """429 when one more job would exceed max_active_jobs_per_owner.
+
+    Locks the owner until the transaction ends: insert the job in the same transaction,
+    and parallel creates cannot all see room for one more.
+    """
     limit = get_settings().max_active_jobs_per_owner
+    lock_owner(session, owner)
     active = active_jobs(session, owner)
     if active >= limit:
         raise ApiError(
@@ -53,8 +59,10 @@ def check_stored_bytes(session: Session, owner: str, incoming: int) -> None:
     """429 when storing incoming more bytes would exceed max_stored_bytes_per_owner.
 
     Call with incoming=1 before streaming an upload: a full quota is refused at once.
+    Locks the owner until the transaction ends, as check_active_jobs does.
     """
     limit = get_settings().max_stored_bytes_per_owner
+    lock_owner(session, owner)
     stored = stored_bytes(session, owner)
     if stored + incoming > limit:
         what = f"storing {incoming} more bytes would exceed" if incoming > 1 else "you have used"

@@ -1,10 +1,16 @@
-"""Cancel, pause and resume as compare-and-set UPDATEs, safe against a worker's writes."""
+"""Cancel, pause and resume as compare-and-set UPDATEs, safe against a worker's writes.
+
+A job that is not running yet is paused or cancelled at once, and the lease of a worker
+still validating it is dropped: that worker's next write is refused (the lease is its
+fence), so the user's request is never undone. A running job gets a request flag that
+the worker honours within a few steps; its final write reads the flags under a row lock.
+"""
 
 import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import case, update
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError, not_found
@@ -19,8 +25,22 @@ _ATTEMPTS = 5
 TransitionTable = dict[str, tuple[dict[str, Any], str | None] | None]
 
 
+def _taken_from_worker() -> dict[str, Any]:
+    """Drop the lease of a worker validating the job, and refund the attempt it spent."""
+    return {
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "attempt": case((Job.lease_owner.is_not(None), Job.attempt - 1), else_=Job.attempt),
+    }
+
+
 def _cancel_table() -> TransitionTable:
-    cancelled = {"status": S.cancelled.value, "finished_at": now_ts(), "cancel_requested": True}
+    cancelled = {
+        "status": S.cancelled.value,
+        "finished_at": now_ts(),
+        "cancel_requested": True,
+        **_taken_from_worker(),
+    }
     return {
         S.validating_files: (cancelled, "Job cancelled"),
         S.queued: (cancelled, "Job cancelled"),
@@ -31,7 +51,7 @@ def _cancel_table() -> TransitionTable:
 
 
 def _pause_table() -> TransitionTable:
-    paused = {"status": S.paused.value, "pause_requested": False}
+    paused = {"status": S.paused.value, "pause_requested": False, **_taken_from_worker()}
     return {
         S.validating_files: (paused, "Job paused"),
         S.queued: (paused, "Job paused"),

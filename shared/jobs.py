@@ -17,12 +17,16 @@ from shared.ids import new_id, now_ts
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-CLAIMABLE = (JobStatus.validating_files, JobStatus.queued)
-LEASED = (JobStatus.validating_files, JobStatus.queued, JobStatus.running)
+# Waiting for a worker; validating_files only when its worker's lease lapsed (or a job
+# created before jobs waited as queued).
+CLAIMABLE = (JobStatus.queued, JobStatus.validating_files)
+# The statuses a worker holds a lease in: it validates and plans, then trains.
+LEASED = (JobStatus.validating_files, JobStatus.running)
 
 
 class LeaseLost(RuntimeError):
-    """Another worker owns the job now (or it was reclaimed): stop without writing."""
+    """The job is not this worker's any more (another worker, or the user's pause or cancel
+    took it): stop without writing."""
 
 
 @dataclass(frozen=True)
@@ -32,13 +36,20 @@ class Lease:
     job_id: str
     owner: str
     attempt: int
-    claimed_status: str
+
+
+@dataclass(frozen=True)
+class Requests:
+    """The user's pending requests on a running job, read under the row lock."""
+
+    cancel: bool
+    pause: bool
 
 
 def claim_job(
     session: Session, job_id: str, worker_id: str, lease_seconds: float, max_attempts: int
 ) -> Lease | None:
-    """Take the job if it is claimable; None when another worker has it or it is not runnable."""
+    """Take a waiting job into validating_files; None when it is not claimable any more."""
     now = time.time()
     status = session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
     if status not in CLAIMABLE:
@@ -49,10 +60,12 @@ def claim_job(
             Job.id == job_id,
             Job.status == status,
             Job.cancel_requested.is_(False),
+            Job.pause_requested.is_(False),
             Job.attempt < max_attempts,
             or_(Job.lease_owner.is_(None), Job.lease_expires_at < now),
         )
         .values(
+            status=JobStatus.validating_files,
             lease_owner=worker_id,
             lease_expires_at=now + lease_seconds,
             attempt=Job.attempt + 1,
@@ -62,20 +75,26 @@ def claim_job(
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return None
     attempt = session.execute(select(Job.attempt).where(Job.id == job_id)).scalar_one()
-    return Lease(job_id=job_id, owner=worker_id, attempt=attempt, claimed_status=status)
+    return Lease(job_id=job_id, owner=worker_id, attempt=attempt)
 
 
 def _owned(lease: Lease) -> Any:
     return and_(
-        Job.id == lease.job_id, Job.lease_owner == lease.owner, Job.attempt == lease.attempt
+        Job.id == lease.job_id,
+        Job.lease_owner == lease.owner,
+        Job.attempt == lease.attempt,
+        Job.status.in_(LEASED),
     )
 
 
 def fenced_update(session: Session, lease: Lease, **values: Any) -> None:
     """UPDATE the job only while this lease holds it; raises LeaseLost otherwise.
 
-    Run it first in a transaction: on SQLite the UPDATE takes the write lock and on
-    Postgres it locks the row, so the writes after it cannot race a new owner.
+    The lease holds while the row names this owner and attempt and the job is validating
+    or running: the API's pause and cancel of a waiting job drop the lease, so the worker's
+    next write is refused. Run it first in a transaction: on SQLite the UPDATE takes the
+    write lock and on Postgres it locks the row, so what the transaction reads and writes
+    after it cannot race a new owner or the user's requests.
     """
     values = values or {"lease_owner": lease.owner}  # a bare ownership check still locks
     result = session.execute(
@@ -88,17 +107,31 @@ def fenced_update(session: Session, lease: Lease, **values: Any) -> None:
         raise LeaseLost(f"job {lease.job_id}: lease of attempt {lease.attempt} is gone")
 
 
-def renew_lease(session: Session, lease: Lease, lease_seconds: float) -> tuple[bool, bool]:
-    """Extend the lease; returns (cancel_requested, pause_requested). Raises LeaseLost."""
+def lock_job(session: Session, lease: Lease) -> Requests:
+    """Lock the leased row (raises LeaseLost) and read the user's cancel and pause requests.
+
+    Until the transaction ends the API cannot change them: a worker decides its final
+    write from what it reads here, so a request that came first always wins.
+    """
+    fenced_update(session, lease)
+    return _requests(session, lease.job_id)
+
+
+def renew_lease(session: Session, lease: Lease, lease_seconds: float) -> Requests:
+    """Extend the lease; returns the user's pending requests. Raises LeaseLost."""
     fenced_update(session, lease, lease_expires_at=time.time() + lease_seconds)
-    row = session.execute(
-        select(Job.cancel_requested, Job.pause_requested).where(Job.id == lease.job_id)
+    return _requests(session, lease.job_id)
+
+
+def _requests(session: Session, job_id: str) -> Requests:
+    cancel, pause = session.execute(
+        select(Job.cancel_requested, Job.pause_requested).where(Job.id == job_id)
     ).one()
-    return bool(row[0]), bool(row[1])
+    return Requests(cancel=bool(cancel), pause=bool(pause))
 
 
 def release_job(
-    session: Session, lease: Lease, status: str, refund_attempt: bool, **values: Any
+    session: Session, lease: Lease, status: JobStatus, refund_attempt: bool, **values: Any
 ) -> None:
     """Give the job up (queued or paused); a refunded attempt does not count towards max."""
     attempt = Job.attempt - 1 if refund_attempt else Job.attempt
@@ -114,7 +147,7 @@ def release_job(
     )
 
 
-def finish_job(session: Session, lease: Lease, status: str, **values: Any) -> None:
+def finish_job(session: Session, lease: Lease, status: JobStatus, **values: Any) -> None:
     """End the job (succeeded, failed, cancelled) and drop the lease."""
     fenced_update(
         session,

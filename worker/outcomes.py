@@ -1,7 +1,6 @@
 """The outcome of a claimed job, each recorded by its own handler (success, failure, ...)."""
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -19,6 +18,7 @@ from shared.jobs import (
     add_events,
     event_row,
     finish_job,
+    lock_job,
     release_job,
     retry_db,
 )
@@ -27,7 +27,7 @@ from shared.naming import RESULTS_PURPOSE
 from shared.settings import get_settings
 from shared.storage import Manifest, Storage, model_prefix
 from worker.publishing import discard_unless_visible, publish, stage, stage_results
-from worker.reporting import DbReporter, merge_stats
+from worker.reporting import DbReporter, finite, merge_stats
 from worker.training.callbacks import StopReason
 
 if TYPE_CHECKING:  # the engine imports torch; run_job imports this module
@@ -67,8 +67,8 @@ class TrainedRun:
 
 
 def handle_lease_lost(lease: Lease) -> Outcome:
-    """Another worker owns the job now: write nothing."""
-    log.warning("job %s: lease lost; another worker owns it now", lease.job_id)
+    """Another worker, or the user's pause or cancel, took the job: write nothing."""
+    log.warning("job %s: lease lost; the job is not this worker's any more", lease.job_id)
     return Outcome.lease_lost
 
 
@@ -109,7 +109,11 @@ def land(run: TrainedRun, what: str, write: Callable[[Session], Outcome]) -> Out
 
 
 def handle_success(run: TrainedRun) -> Outcome:
-    """succeeded: the model and results published, their rows and the closing event together."""
+    """succeeded: the model and results published, their rows and the closing event together.
+
+    A cancel the user asked for after the last step still wins (nothing is published); a
+    pause that late has nothing left to pause.
+    """
     job, result, heartbeat = run.job, run.result, run.reporter.heartbeat
     model, results = retry_db(
         lambda: _stage_outputs(run),
@@ -119,6 +123,8 @@ def handle_success(run: TrainedRun) -> Outcome:
     )
 
     def write(session: Session) -> Outcome:
+        if lock_job(session, run.lease).cancel:
+            return _write_cancelled(session, run)
         # Fenced like every write here, and before finish_job, which gives the lease up.
         published = publish(session, run.lease, run.storage, model)
         results_id = _add_results_file(
@@ -132,6 +138,7 @@ def handle_success(run: TrainedRun) -> Outcome:
             trained_tokens=result.trained_tokens,
             steps_completed=result.step,
             estimated_finish=None,
+            pause_requested=False,
         )
         merge_stats(
             session,
@@ -160,40 +167,41 @@ def handle_success(run: TrainedRun) -> Outcome:
 
 def handle_cancel(run: TrainedRun) -> Outcome:
     """cancelled, at the step the engine stopped."""
-
-    def write(session: Session) -> Outcome:
-        finish_job(session, run.lease, JobStatus.cancelled, cancel_requested=False)
-        add_events(session, [event_row(run.job.id, f"Job cancelled at step {run.result.step}")])
-        return Outcome.cancelled
-
-    return land(run, "recording the cancel", write)
+    return land(run, "recording the cancel", lambda session: _write_cancelled(session, run))
 
 
 def handle_pause(run: TrainedRun) -> Outcome:
-    """paused, after the engine's checkpoint; the attempt is refunded."""
+    """paused after the engine's checkpoint, attempt refunded; unless a cancel came since."""
 
     def write(session: Session) -> Outcome:
-        release_job(
-            session, run.lease, JobStatus.paused, refund_attempt=True, pause_requested=False
-        )
-        add_events(session, [event_row(run.job.id, f"Job paused at step {run.result.step}")])
-        return Outcome.paused
+        if lock_job(session, run.lease).cancel:
+            return _write_cancelled(session, run)
+        return _write_paused(session, run)
 
     return land(run, "recording the pause", write)
 
 
 def handle_shutdown(run: TrainedRun) -> Outcome:
-    """queued again after the engine's checkpoint (SIGTERM), attempt refunded; then re-sent."""
+    """queued again after the engine's checkpoint (SIGTERM), attempt refunded, and re-sent.
+
+    The user's cancel or pause, if one came meanwhile, is what gets recorded instead.
+    """
     from worker.dispatch import send_job
 
     def write(session: Session) -> Outcome:
+        requests = lock_job(session, run.lease)
+        if requests.cancel:
+            return _write_cancelled(session, run)
+        if requests.pause:
+            return _write_paused(session, run)
         release_job(session, run.lease, JobStatus.queued, refund_attempt=True)
         message = f"Worker shutting down: checkpointed at step {run.result.step}; job requeued"
         add_events(session, [event_row(run.job.id, message)])
         return Outcome.requeued
 
     outcome = land(run, "requeueing", write)
-    send_job(run.job.id)
+    if outcome is Outcome.requeued:
+        send_job(run.job.id)
     return outcome
 
 
@@ -247,6 +255,18 @@ OUTCOME_HANDLERS: dict[StopReason | None, Callable[[TrainedRun], Outcome]] = {
 }
 
 
+def _write_cancelled(session: Session, run: TrainedRun) -> Outcome:
+    finish_job(session, run.lease, JobStatus.cancelled)
+    add_events(session, [event_row(run.job.id, f"Job cancelled at step {run.result.step}")])
+    return Outcome.cancelled
+
+
+def _write_paused(session: Session, run: TrainedRun) -> Outcome:
+    release_job(session, run.lease, JobStatus.paused, refund_attempt=True, pause_requested=False)
+    add_events(session, [event_row(run.job.id, f"Job paused at step {run.result.step}")])
+    return Outcome.paused
+
+
 def _stage_outputs(run: TrainedRun) -> tuple[Manifest, Manifest]:
     """Upload the final model and the metrics CSV; both become visible with the outcome."""
     job, storage = run.job, run.storage
@@ -280,8 +300,3 @@ def _add_results_file(session: Session, job: "JobSnapshot", results: Manifest) -
             )
         )
     return file_id
-
-
-def finite(values: dict[str, Any]) -> dict[str, Any]:
-    """values without NaN or infinite floats, which JSON columns refuse."""
-    return {k: v for k, v in values.items() if not (isinstance(v, float) and not math.isfinite(v))}

@@ -1,6 +1,7 @@
 """Training callbacks that write to the database in batches, fenced by the job's lease."""
 
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -93,7 +94,8 @@ class DbReporter:
             "step": step,
             "epoch": metrics.get("epoch"),
             "path": prefix,
-            "metrics": {"step": step, **metrics},
+            # A pause before the first step has no loss yet (nan): JSON columns refuse it.
+            "metrics": finite({"step": step, **metrics}),
             "created_at": now_ts(),
             "fine_tuned_model_checkpoint": checkpoint_model_id(self.fine_tuned_id, step),
             # The engine marks the lowest validation loss so far; older rows lose the mark.
@@ -212,7 +214,7 @@ class DbReporter:
             log.warning("job %s: flag poll failed: %s", self.lease.job_id, exc)
 
     def _buffer_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        data = {"step": step, "total_steps": self.total_steps, **metrics}
+        data = finite({"step": step, "total_steps": self.total_steps, **metrics})
         self._metrics[step] = {
             "job_id": self.lease.job_id,
             "step": step,
@@ -259,6 +261,11 @@ class DbReporter:
 
     def _message_row(self, message: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
         return event_row(self.lease.job_id, message, data=data)
+
+
+def finite(values: dict[str, Any]) -> dict[str, Any]:
+    """values without NaN or infinite floats, which JSON columns refuse (Postgres)."""
+    return {k: v for k, v in values.items() if not (isinstance(v, float) and not math.isfinite(v))}
 
 
 def merge_stats(session: Any, job_id: str, values: dict[str, Any]) -> None:

@@ -80,15 +80,19 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def record(lease: Lease, message: str, **values: Any) -> None:
-    """Update the job (fenced) and add one message event in a single transaction."""
+def record(
+    lease: Lease, messages: list[str], stats: dict[str, Any] | None = None, **values: Any
+) -> None:
+    """Update the job (fenced), merge stats and add message events in one transaction."""
 
     def transaction() -> None:
         with session_scope() as session:
             fenced_update(session, lease, **values)
-            add_events(session, [event_row(lease.job_id, message)])
+            if stats:
+                merge_stats(session, lease.job_id, stats)
+            add_events(session, [event_row(lease.job_id, m) for m in messages])
 
-    retry_db(transaction, f"job {lease.job_id}: {message!r}", get_settings().lease_seconds)
+    retry_db(transaction, f"job {lease.job_id}: {messages[0]!r}", get_settings().lease_seconds)
 
 
 def run_job(job_id: str, worker_id: str) -> Outcome:
@@ -216,20 +220,18 @@ def _train_claimed(
     from worker.training.engine import train
 
     job = _snapshot(lease.job_id)
-    if lease.claimed_status == JobStatus.validating_files:
-        record(lease, f"Validating training file: {job.training_file}")
+    record(lease, [f"Validating training file: {job.training_file}"])
     plan = prepare(job, settings, storage)
     total_steps = plan.summary["total_steps"]
-    if lease.claimed_status == JobStatus.validating_files:
-        record(
-            lease,
-            f"Files validated. {plan.message()}. {method_message(plan.summary)}",
-            status=JobStatus.queued,
-            resolved=plan.spec.shown(),
-            total_steps=total_steps,
-        )
-        store_plan_stats(job.id, plan.summary)
-    # Uploads of crashed or fenced-off attempts that never got a manifest.
+    record(
+        lease,
+        [f"Files validated. {plan.message()}. {method_message(plan.summary)}"],
+        stats=plan_stats(plan.summary),
+        resolved=plan.spec.shown(),
+        total_steps=total_steps,
+    )
+    # Uploads of crashed or fenced-off attempts that never got a manifest (right after a
+    # fenced write: a worker the user's pause or cancel fenced out stops before this).
     storage.remove_unpublished(job_prefix(job.id))
     checkpoints_dir = work / "checkpoints"
     resume_from, best = restore_checkpoints(storage, job.id, checkpoints_dir)
@@ -238,15 +240,10 @@ def _train_claimed(
         if resume_from
         else "Job started"
     )
-    record(
-        lease,
-        started,
-        status=JobStatus.running,
-        resolved=plan.spec.shown(),
-        total_steps=total_steps,
-        # A resumed job keeps its first start: job duration counts from there.
-        **({} if resume_from else {"started_at": time.time()}),
-    )
+    running: dict[str, Any] = {"status": JobStatus.running}
+    if resume_from is None:  # a resumed job keeps its first start: its duration counts from there
+        running["started_at"] = time.time()
+    record(lease, [started], **running)
     ft_id = fine_tuned_model_id(job.model, job.owner, job.suffix, job.id)
     reporter = DbReporter(
         lease, heartbeat, storage, ft_id, total_steps, settings.metrics_flush_seconds
@@ -281,8 +278,7 @@ def method_message(summary: dict[str, Any]) -> str:
     )
 
 
-def store_plan_stats(job_id: str, summary: dict[str, Any]) -> None:
-    """Parameter counts and the memory estimate into Job.stats, for the job object."""
+def plan_stats(summary: dict[str, Any]) -> dict[str, Any]:
+    """Parameter counts and the memory estimate, for Job.stats and the job object."""
     names = ("training_method", "trainable_parameters", "total_parameters", "memory_estimate")
-    with session_scope() as session:
-        merge_stats(session, job_id, {name: summary[name] for name in names})
+    return {name: summary[name] for name in names}

@@ -3,6 +3,7 @@
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from sqlalchemy import or_, select, update
 
@@ -13,7 +14,8 @@ from shared.settings import get_settings
 from worker.dispatch import send_job
 
 log = logging.getLogger(__name__)
-WAITING = (JobStatus.validating_files, JobStatus.queued)
+# validating_files without a lease: a job created before jobs waited as queued.
+WAITING = (JobStatus.queued, JobStatus.validating_files)
 
 
 @dataclass
@@ -23,41 +25,90 @@ class SweepResult:
     resent: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    # Paused or cancelled, as the user had asked while the worker was lost.
+    settled: list[str] = field(default_factory=list)
 
 
-def _reclaim_lapsed(now: float, max_attempts: int, result: SweepResult) -> None:
+class Lapsed(NamedTuple):
+    """A job whose worker stopped renewing its lease, as the sweep read it."""
+
+    job_id: str
+    status: JobStatus
+    attempt: int
+    steps: int
+    expired_at: float | None
+    cancel: bool
+    pause: bool
+
+
+def _lapsed_values(job: Lapsed, now: float, max_attempts: int) -> tuple[dict[str, Any], str, str]:
+    """What a lapsed job becomes: (values, event message, level); the user's request wins."""
+    status, attempt = job.status, job.attempt
+    during = f"during step {job.steps + 1}" if status == JobStatus.running else f"while {status}"
+    values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None, "enqueued_at": now}
+    if job.cancel:
+        values.update(status=JobStatus.cancelled, finished_at=int(now), pause_requested=False)
+        return values, f"Worker lost {during} (attempt {attempt}); job cancelled as asked", "warn"
+    if attempt >= max_attempts:
+        message = f"worker lost {during}, {attempt} times"
+        values.update(
+            status=JobStatus.failed,
+            finished_at=int(now),
+            error={"code": "worker_lost", "message": message, "param": None},
+        )
+        return values, message, "error"
+    if job.pause:
+        values.update(status=JobStatus.paused, pause_requested=False)
+        return values, f"Worker lost {during} (attempt {attempt}); job paused as asked", "warn"
+    values.update(status=JobStatus.queued)
+    return values, f"Worker lost {during} (attempt {attempt}); job requeued", "warn"
+
+
+def lapsed_jobs(now: float) -> list[Lapsed]:
+    """Jobs whose worker stopped renewing its lease, with what the sweep decides on."""
+    columns = (
+        Job.id,
+        Job.status,
+        Job.attempt,
+        Job.steps_completed,
+        Job.lease_expires_at,
+        Job.cancel_requested,
+        Job.pause_requested,
+    )
     with session_scope() as session:
-        lapsed = session.execute(
-            select(
-                Job.id, Job.status, Job.attempt, Job.steps_completed, Job.lease_expires_at
-            ).where(Job.lease_owner.is_not(None), Job.lease_expires_at < now)
-        ).all()
-    for job_id, status, attempt, steps, expired_at in lapsed:
-        during = f"during step {steps + 1}" if status == JobStatus.running else f"while {status}"
-        give_up = attempt >= max_attempts
-        values: dict = {"lease_owner": None, "lease_expires_at": None, "enqueued_at": now}
-        if give_up:
-            message = f"worker lost {during}, {attempt} times"
-            values.update(
-                status=JobStatus.failed,
-                finished_at=int(now),
-                error={"code": "worker_lost", "message": message, "param": None},
+        lapsed = Job.lease_owner.is_not(None), Job.lease_expires_at < now
+        return [Lapsed(*row) for row in session.execute(select(*columns).where(*lapsed))]
+
+
+def settle_lapsed(job: Lapsed, now: float, max_attempts: int, result: SweepResult) -> None:
+    """Requeue, pause, cancel or fail one lapsed job, if it is still as it was read."""
+    values, message, level = _lapsed_values(job, now, max_attempts)
+    with session_scope() as session:
+        # Compare-and-set on what was read: a claim, a renewal or the user's request since
+        # then changes one of these, and the next sweep decides again.
+        changed = session.execute(
+            update(Job)
+            .where(
+                Job.id == job.job_id,
+                Job.status == job.status,
+                Job.attempt == job.attempt,
+                Job.lease_expires_at == job.expired_at,
+                Job.cancel_requested == job.cancel,
+                Job.pause_requested == job.pause,
             )
-        else:
-            message = f"Worker lost {during} (attempt {attempt}); job requeued"
-            values.update(status=JobStatus.queued if status == JobStatus.running else status)
-        with session_scope() as session:
-            changed = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.attempt == attempt, Job.lease_expires_at == expired_at)
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            ).rowcount  # type: ignore[attr-defined]
-            if changed:
-                level = "error" if give_up else "warn"
-                add_events(session, [event_row(job_id, message, level=level)])
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
         if changed:
-            (result.failed if give_up else result.requeued).append(job_id)
+            add_events(session, [event_row(job.job_id, message, level=level)])
+    if changed:
+        outcome = values["status"]
+        if outcome == JobStatus.queued:
+            result.requeued.append(job.job_id)
+        elif outcome == JobStatus.failed:
+            result.failed.append(job.job_id)
+        else:
+            result.settled.append(job.job_id)
 
 
 def _resend_unclaimed(now: float, after: float, result: SweepResult) -> None:
@@ -83,15 +134,17 @@ def sweep_once(now: float | None = None) -> SweepResult:
     settings = get_settings()
     now = time.time() if now is None else now
     result = SweepResult()
-    _reclaim_lapsed(now, settings.max_attempts, result)
+    for row in lapsed_jobs(now):
+        settle_lapsed(row, now, settings.max_attempts, result)
     _resend_unclaimed(now, settings.requeue_after_seconds, result)
     for job_id in result.requeued + result.resent:
         send_job(job_id)
-    if result.resent or result.requeued or result.failed:
+    if result.resent or result.requeued or result.failed or result.settled:
         log.info(
-            "sweep: resent %s, requeued %s, failed %s",
+            "sweep: resent %s, requeued %s, failed %s, paused or cancelled %s",
             result.resent,
             result.requeued,
             result.failed,
+            result.settled,
         )
     return result

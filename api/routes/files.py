@@ -13,6 +13,7 @@ from api.auth import Owner
 from api.deps import find_file, owned_file
 from api.errors import ApiError
 from api.limits import check_stored_bytes
+from api.locks import lock_files
 from api.pagination import cursor_row, newest_first
 from api.schemas import Deleted, FileOut, ListPage
 from api.stored import stored_response
@@ -179,6 +180,7 @@ def download_file(file_id: str, owner: Owner) -> StreamingResponse:
 def delete_file(file_id: str, owner: Owner) -> Deleted:
     """Forget the file and remove its bytes; refused while an unfinished job uses it."""
     with session_scope() as session:
+        lock_files(session, [file_id])  # a job create naming it finishes first, or waits
         row = owned_file(session, owner, file_id)
         user = session.scalars(
             select(Job.id).where(

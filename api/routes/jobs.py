@@ -26,7 +26,7 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 
 @router.post("", response_model=JobOut, operation_id="createJob", summary="Create a job")
 def create_job(body: JobCreate, owner: Owner, session: SessionDep) -> Any:
-    """Store the job (validating_files), commit, then wake a training worker.
+    """Store the job (queued), commit, then wake a training worker.
 
     With dry_run the job is checked and planned by a worker but never stored or queued.
     """

@@ -8,12 +8,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
+
+from tests.services import missing_service
 
 REPO = Path(__file__).resolve().parents[2]
 GPT2FT = str(Path(sys.executable).with_name("gpt2ft"))
@@ -25,16 +28,33 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until(check, timeout: float, what: str) -> None:
+# What a process that is still starting (or restarting) raises: worth waiting through.
+NOT_UP_YET: tuple[type[BaseException], ...] = (
+    httpx.TransportError,
+    ConnectionError,
+    redis.exceptions.ConnectionError,
+)
+
+
+def wait_until(
+    check: Callable[[], object],
+    timeout: float,
+    what: str,
+    retry_on: tuple[type[BaseException], ...] = NOT_UP_YET,
+) -> None:
+    """Poll check() until it is true; an error other than retry_on fails at once."""
     deadline = time.monotonic() + timeout
+    last: BaseException | None = None
     while time.monotonic() < deadline:
         try:
             if check():
                 return
-        except Exception:
-            pass
+            last = None
+        except retry_on as exc:
+            last = exc
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    error = f" (last error: {last!r})" if last is not None else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}{error}")
 
 
 @dataclass
@@ -81,9 +101,22 @@ class Service:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        import redis
-
         wait_until(lambda: redis.Redis(port=port).ping(), 30, "redis-server")
+
+
+def api_client(service: Service) -> httpx.Client:
+    """Plain HTTP on the service's /v1 with its key."""
+    headers = {"Authorization": f"Bearer {service.api_key}"}
+    return httpx.Client(base_url=f"{service.url}/v1", headers=headers, timeout=60)
+
+
+def upload_text(api: httpx.Client, name: str, text: str) -> str:
+    """Upload text as a fine-tune file; its id."""
+    response = api.post(
+        "/files", files={"file": (name, text.encode())}, data={"purpose": "fine-tune"}
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["id"])
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +126,7 @@ def service(
     """The whole service on loopback, as `make run` starts it."""
     redis_server = shutil.which("redis-server")
     if redis_server is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        missing_service("redis-server is not installed (apt-get install redis-server)")
     home = tmp_path_factory.mktemp("home")
     logs = REPO / "test-artifacts" / "e2e-logs" / home.name
     logs.mkdir(parents=True, exist_ok=True)

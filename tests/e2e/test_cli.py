@@ -7,11 +7,19 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.e2e.conftest import GPT2FT, REPO, Service, free_port, wait_until
+from tests.e2e.conftest import (
+    GPT2FT,
+    REPO,
+    Service,
+    api_client,
+    free_port,
+    upload_text,
+    wait_until,
+)
 from tests.e2e.corpus import corpus_text
+from tests.services import missing_service
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +35,7 @@ def test_client_commands_find_the_port_and_key_of_a_running_make_run(
     tmp_path: Path, models_dir: Path, tokenizer_dir: Path
 ) -> None:
     if not any((Path(p) / "redis-server").is_file() for p in os.environ["PATH"].split(":")):
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        missing_service("redis-server is not installed (apt-get install redis-server)")
     home, port = tmp_path / "var", free_port()
     key = "sk-only-in-the-run-environment-" + os.urandom(6).hex()
     run_env = {
@@ -74,17 +82,10 @@ def test_client_commands_find_the_port_and_key_of_a_running_make_run(
 def test_watch_attached_to_a_running_job_starts_from_its_current_step(
     service: Service, tmp_path: Path
 ) -> None:
-    headers = {"Authorization": f"Bearer {service.api_key}"}
-    api = httpx.Client(base_url=f"{service.url}/v1", headers=headers, timeout=60)
-    upload = api.post(
-        "/files",
-        files={"file": ("jokes.txt", corpus_text(12).encode())},
-        data={"purpose": "fine-tune"},
-    )
-    assert upload.status_code == 200, upload.text
+    api = api_client(service)
     body = {
         "model": "gpt2-tiny",
-        "training_file": upload.json()["id"],
+        "training_file": upload_text(api, "jokes.txt", corpus_text(12)),
         "hyperparameters": {"n_epochs": 60, "batch_size": 1},
         "block_size": 32,
     }

@@ -17,6 +17,7 @@ import pytest
 
 from tests.e2e.conftest import REPO, Service, wait_until
 from tests.e2e.corpus import JOKES, corpus_text
+from tests.services import missing_service
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = Path("/usr/bin/chromium")
@@ -45,11 +46,11 @@ def shot(page: Any, name: str) -> None:
 def page(tmp_path: Path) -> Iterator[Any]:
     """A page in a fresh Chromium profile; JavaScript errors fail the test."""
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
+        missing_service(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("playwright is not installed: pip install -r requirements/dev.txt")
+        missing_service("playwright is not installed: pip install -r requirements/dev.txt")
     errors: list[str] = []
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(

@@ -51,8 +51,12 @@ def test_dry_run_returns_the_plan_and_creates_no_job(client, service: Service) -
     assert list(client.fine_tuning.jobs.list()) == []
 
 
-def test_lora_job_then_download_and_load(client, service: Service, tmp_path: Path) -> None:
-    from transformers import AutoModelForCausalLM
+def test_lora_job_then_download_and_load(
+    client, service: Service, tmp_path: Path, models_dir: Path
+) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     training = client.files.create(
         file=("corpus.txt", io.BytesIO(corpus_text(10).encode())), purpose="fine-tune"
@@ -87,8 +91,9 @@ def test_lora_job_then_download_and_load(client, service: Service, tmp_path: Pat
     best = [c for c in checkpoints if (c.model_extra or {}).get("is_best")]
     assert len(best) == 1
 
-    completion = client.completions.create(model=job.fine_tuned_model, prompt="Why", max_tokens=5)
-    assert completion.choices[0].text is not None
+    served = client.completions.create(
+        model=job.fine_tuned_model, prompt="Why did the", max_tokens=8, temperature=0
+    )
 
     response = httpx.get(
         f"{service.url}/v1/models/{job.fine_tuned_model}/content",
@@ -101,8 +106,28 @@ def test_lora_job_then_download_and_load(client, service: Service, tmp_path: Pat
     (folder,) = list(tmp_path.iterdir())
     assert (folder / "adapter" / "adapter_model.safetensors").is_file()
     assert (folder / "adapter" / "adapter_config.json").is_file()
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    assert model.config.n_layer >= 1
+    merged = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert merged.config.n_layer == 2  # gpt2-tiny's, merged back into a plain GPT-2
+    # The downloaded model is the one served: greedy decoding gives the same text.
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    prompt = tokenizer("Why did the", return_tensors="pt")
+    with torch.no_grad():
+        local = merged.generate(
+            **prompt, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.eos_token_id
+        )
+    new_ids = local[0, prompt.input_ids.shape[1] :].tolist()
+    if tokenizer.eos_token_id in new_ids:
+        new_ids = new_ids[: new_ids.index(tokenizer.eos_token_id)]
+    assert served.choices[0].text == tokenizer.decode(new_ids)
+    # The merged weights answer as the base model with the downloaded adapter does.
+    base = AutoModelForCausalLM.from_pretrained(models_dir / "gpt2-tiny").eval()
+    with torch.no_grad():
+        base_logits = base(input_ids=prompt.input_ids).logits
+        adapted = PeftModel.from_pretrained(base, folder / "adapter").eval()
+        adapted_logits = adapted(input_ids=prompt.input_ids).logits
+        merged_logits = merged(input_ids=prompt.input_ids).logits
+    torch.testing.assert_close(merged_logits, adapted_logits, rtol=1e-4, atol=1e-5)
+    assert (adapted_logits - base_logits).abs().max() > 1e-3
     missing = httpx.get(
         f"{service.url}/v1/models/ft:nope/content",
         headers={"Authorization": f"Bearer {service.api_key}"},

@@ -24,7 +24,8 @@ from tests.conftest import POSTGRES_URL, postgres_available
 from tests.e2e.conftest import GPT2FT, REPO, Service, free_port, wait_until
 from tests.e2e.corpus import corpus_text
 from tests.e2e.test_reliability import FAST, TERMINAL, parent_pid
-from tests.s3server import KEY_ID, SECRET, S3Server, services_required
+from tests.s3server import KEY_ID, SECRET, S3Server
+from tests.services import missing_service
 
 pytestmark = pytest.mark.e2e
 WORKERS = ("host-a", "host-b", "host-c")
@@ -128,9 +129,7 @@ class Fleet:
 def fresh_database() -> str:
     reason = postgres_available()
     if reason:
-        if services_required():
-            pytest.fail(reason)
-        pytest.skip(reason)
+        missing_service(reason)
     name = f"gpt2ft_scale_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(POSTGRES_URL.replace("+psycopg", ""), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -146,7 +145,7 @@ def fleet(
 ) -> Iterator[Fleet]:
     redis_server = shutil.which("redis-server")
     if redis_server is None:
-        (pytest.fail if services_required() else pytest.skip)("redis-server is not installed")
+        missing_service("redis-server is not installed (apt-get install redis-server)")
     database = fresh_database()
     url = s3_server.url("scale")
     root = tmp_path_factory.mktemp("fleet")

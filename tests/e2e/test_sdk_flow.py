@@ -9,7 +9,8 @@ from tests.e2e.conftest import Service
 from tests.e2e.corpus import corpus_text
 
 pytestmark = pytest.mark.e2e
-ORDER = ["validating_files", "queued", "running", "succeeded"]
+# Waiting for a worker, then validating and planning in it, then training.
+ORDER = ["queued", "validating_files", "running", "succeeded"]
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -46,7 +47,7 @@ def test_fine_tune_and_generate(client, service: Service) -> None:
         seed=7,
         extra_body={"block_size": 64},
     )
-    assert job.status == "validating_files"
+    assert job.status == "queued"
     seen = watch(client, job.id, TERMINAL)
     assert seen[-1] == "succeeded", client.fine_tuning.jobs.retrieve(job.id).error
     assert [s for s in ORDER if s in seen] == seen, seen

@@ -11,8 +11,9 @@ from tests.e2e.test_sdk_flow import TERMINAL, all_events, watch
 
 pytestmark = pytest.mark.e2e
 
-POSITIVE = ["great movie, loved it", "wonderful and fun", "loved every minute", "great fun"]
-NEGATIVE = ["awful film, hated it", "boring and bad", "hated every minute", "awful mess"]
+# No word is in both labels' texts: separable, so a trained classifier gets every one right.
+POSITIVE = ["great, loved it", "wonderful and fun", "loved every minute", "great fun"]
+NEGATIVE = ["awful, hated that", "boring, so bad", "hated each scene", "awful mess"]
 
 
 def jsonl(records: list[dict]) -> bytes:
@@ -49,16 +50,27 @@ def test_classification_job_and_classifications(client, service: Service) -> Non
     assert evals and {"valid_macro_f1", "valid_loss"} <= set(evals[-1])
 
     headers = {"Authorization": f"Bearer {service.api_key}"}
-    body = {"model": job.fine_tuned_model, "input": ["loved it, great fun", "hated it, awful"]}
-    answer = httpx.post(
-        f"{service.url}/v1/classifications", json=body, headers=headers, timeout=120
-    )
-    assert answer.status_code == 200, answer.text
-    result = answer.json()
-    assert result["object"] == "list" and result["model"] == job.fine_tuned_model
-    assert [d["index"] for d in result["data"]] == [0, 1]
-    assert all(d["label"] in {"neg", "pos"} for d in result["data"])
-    assert sum(result["data"][0]["probabilities"].values()) == pytest.approx(1.0)
+
+    def classify(texts: list[str]) -> list[dict]:
+        body = {"model": job.fine_tuned_model, "input": texts}
+        answer = httpx.post(
+            f"{service.url}/v1/classifications", json=body, headers=headers, timeout=120
+        )
+        assert answer.status_code == 200, answer.text
+        result = answer.json()
+        assert result["object"] == "list" and result["model"] == job.fine_tuned_model
+        assert [d["index"] for d in result["data"]] == list(range(len(texts)))
+        return list(result["data"])
+
+    # Every text it was trained on, labelled right (accuracy 1.0 on a separable set).
+    texts, labels = [t for t, _ in rows], [label for _, label in rows]
+    batched = classify(texts)
+    assert [d["label"] for d in batched] == labels
+    assert all(sum(d["probabilities"].values()) == pytest.approx(1.0) for d in batched)
+    # One request pads its texts to the longest; alone, each is unpadded: the same answer.
+    for text, together in zip(texts[:2] + texts[-2:], batched[:2] + batched[-2:], strict=True):
+        (alone,) = classify([text])
+        assert alone["probabilities"] == pytest.approx(together["probabilities"], abs=1e-5)
 
     completion = httpx.post(
         f"{service.url}/v1/completions",
@@ -70,8 +82,9 @@ def test_classification_job_and_classifications(client, service: Service) -> Non
 
 
 def test_completion_format_job(client, service: Service) -> None:
+    # One answer for every question: what the model must learn is the format's completion.
     records = [
-        {"prompt": f"Q: {a} plus {b}? A:", "completion": f" {a + b}"}
+        {"prompt": f"Q: {a} plus {b}? A:", "completion": " yes."}
         for a in range(1, 5)
         for b in range(1, 5)
     ]
@@ -80,16 +93,16 @@ def test_completion_format_job(client, service: Service) -> None:
     job = client.fine_tuning.jobs.create(
         model="gpt2-tiny",
         training_file=training.id,
-        hyperparameters={"n_epochs": 2, "batch_size": 4},
-        extra_body={"task": "completion", "max_length": 32},
+        hyperparameters={"n_epochs": 8, "batch_size": 4},
+        extra_body={"task": "completion", "max_length": 32, "learning_rate": 3e-3},
     )
     assert watch(client, job.id, TERMINAL)[-1] == "succeeded"
     job = client.fine_tuning.jobs.retrieve(job.id)
     assert job.hyperparameters.model_extra["task"] == "completion"
-    text = client.completions.create(
-        model=job.fine_tuned_model, prompt="Q: 1 plus 1? A:", max_tokens=3
+    answer = client.completions.create(
+        model=job.fine_tuned_model, prompt="Q: 7 plus 9? A:", max_tokens=2, temperature=0
     )
-    assert text.choices[0].text is not None
+    assert answer.choices[0].text == " yes."
 
     wrong = httpx.post(
         f"{service.url}/v1/fine_tuning/jobs",

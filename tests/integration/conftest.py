@@ -9,6 +9,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from shared.settings import get_settings
+from tests.services import missing_service
 
 # GPT2FT_TEST_REDIS_URL lets parallel test runs use separate Redis servers.
 REDIS_BASE = os.environ.get("GPT2FT_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
@@ -22,7 +23,7 @@ def redis_db(monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
     try:
         client.ping()
     except redis.ConnectionError as exc:
-        pytest.skip(f"Redis not reachable at {TEST_REDIS_URL}: {exc}")
+        missing_service(f"Redis not reachable at {TEST_REDIS_URL}: {exc}")
     client.flushdb()
     monkeypatch.setenv("REDIS_URL", TEST_REDIS_URL)
     get_settings.cache_clear()

@@ -54,7 +54,7 @@ def test_create_job_stores_row_and_wakes_a_worker(
     )  # fmt: skip
     assert response.status_code == 200, response.text
     job = response.json()
-    assert job["object"] == "fine_tuning.job" and job["status"] == "validating_files"
+    assert job["object"] == "fine_tuning.job" and job["status"] == "queued"
     assert job["organization_id"] == "alice" and job["seed"] == 7
     assert job["user_provided_suffix"] == "my-run_1"
     shown = {"n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": "auto"}
@@ -68,7 +68,7 @@ def test_create_job_stores_row_and_wakes_a_worker(
     assert job["progress"] is None and job["result_files"] == []
     with session_scope() as session:
         row = session.get(Job, job["id"])
-        assert row is not None and row.status == "validating_files" and row.enqueued_at
+        assert row is not None and row.status == "queued" and row.enqueued_at
         assert row.hyperparameters == {"n_epochs": 2, "block_size": 64, "warmup_ratio": 0.1}
     assert queued_messages(redis_db) == [{"task": TRAIN_TASK, "args": [job["id"]], "kwargs": {}}]
     assert api.get(f"{JOBS}/{job['id']}", headers=alice).json()["id"] == job["id"]
@@ -139,7 +139,7 @@ def test_broker_down_still_returns_the_job(
     get_settings.cache_clear()
     started = time.monotonic()
     response = create(api, alice, training_file=training_file)
-    assert response.status_code == 200 and response.json()["status"] == "validating_files"
+    assert response.status_code == 200 and response.json()["status"] == "queued"
     assert time.monotonic() - started < 10
 
 

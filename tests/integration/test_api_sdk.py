@@ -23,7 +23,7 @@ def test_openai_sdk_round_trip(api: TestClient, alice: dict[str, str]) -> None:
         suffix="sdk",
         extra_body={"block_size": 64},
     )
-    assert job.status == "validating_files" and job.hyperparameters.n_epochs == 2
+    assert job.status == "queued" and job.hyperparameters.n_epochs == 2
     assert job.model_extra and job.model_extra["steps_completed"] == 0
     assert client.fine_tuning.jobs.retrieve(job.id).id == job.id
     assert [j.id for j in client.fine_tuning.jobs.list(limit=5)] == [job.id]

@@ -13,6 +13,7 @@ from shared.db.tables import Job, JobEvent, JobStatus, Metric
 from shared.ids import new_id, now_ts
 from shared.jobs import (
     LeaseLost,
+    Requests,
     add_events,
     claim_job,
     event_row,
@@ -72,14 +73,17 @@ def read_job(job_id: str) -> Job:
 def test_second_claim_of_same_job_is_refused(gpt2ft_home: Path) -> None:
     job_id = make_job()
     first = claim(job_id, "w1")
-    assert first is not None and first.attempt == 1 and first.claimed_status == "queued"
+    assert first is not None and first.attempt == 1
     assert claim(job_id, "w2") is None
     job = read_job(job_id)
-    assert (job.lease_owner, job.attempt) == ("w1", 1)
+    # Waiting jobs read queued; validating_files only while a worker validates and plans.
+    assert (job.status, job.lease_owner, job.attempt) == ("validating_files", "w1", 1)
 
 
 def test_cancelled_finished_and_exhausted_jobs_are_not_claimed(gpt2ft_home: Path) -> None:
     assert claim(make_job(cancel_requested=True), "w") is None
+    assert claim(make_job(pause_requested=True), "w") is None
+    assert claim(make_job(JobStatus.paused), "w") is None
     assert claim(make_job(JobStatus.succeeded), "w") is None
     assert claim(make_job(JobStatus.cancelled), "w") is None
     assert claim(make_job(attempt=3), "w", max_attempts=3) is None
@@ -105,12 +109,12 @@ def test_renew_reports_cancel_and_pause_flags(gpt2ft_home: Path) -> None:
     job_id = make_job()
     lease = claim(job_id, "w1")
     with session_scope() as session:
-        assert renew_lease(session, lease, 60) == (False, False)
+        assert renew_lease(session, lease, 60) == Requests(cancel=False, pause=False)
         session.execute(
             Job.__table__.update().where(Job.id == job_id).values(cancel_requested=True)
         )
     with session_scope() as session:
-        assert renew_lease(session, lease, 60) == (True, False)
+        assert renew_lease(session, lease, 60) == Requests(cancel=True, pause=False)
 
 
 def test_release_with_refund_does_not_spend_an_attempt(gpt2ft_home: Path) -> None:
@@ -171,7 +175,7 @@ def test_sweep_resends_unclaimed_and_requeues_lapsed(broker: redis.Redis) -> Non
 
     lost_message = make_job(JobStatus.queued, enqueued_at=time.time() - 3600)
     fresh = make_job(JobStatus.queued)
-    running = make_job(JobStatus.validating_files)
+    running = make_job(JobStatus.queued)
     lease = claim(running, "w1", lease_seconds=0.01)
     with session_scope() as session:
         fenced_update(session, lease, status=JobStatus.running, steps_completed=211)
@@ -207,3 +211,56 @@ def test_sweep_fails_job_after_max_attempts(broker: redis.Redis) -> None:
     }
     assert claim(job_id, "w4") is None
     assert broker.llen("training") == 0
+
+
+@pytest.mark.parametrize(
+    ("requested", "status"),
+    [
+        ({"cancel_requested": True}, "cancelled"),
+        ({"pause_requested": True}, "paused"),
+        ({"cancel_requested": True, "pause_requested": True}, "cancelled"),  # cancel wins
+    ],
+)
+def test_sweep_honours_requests_of_a_lost_worker(
+    broker: redis.Redis, requested: dict[str, bool], status: str
+) -> None:
+    """A running job whose worker died after the user's cancel or pause is not requeued."""
+    from worker.sweep import sweep_once
+
+    job_id = make_job(JobStatus.queued)
+    lease = claim(job_id, "w1", lease_seconds=0.01)
+    with session_scope() as session:
+        fenced_update(session, lease, status=JobStatus.running, steps_completed=3)
+        session.execute(Job.__table__.update().where(Job.id == job_id).values(**requested))
+    time.sleep(0.05)
+    assert sweep_once().settled == [job_id]
+    job = read_job(job_id)
+    assert (job.status, job.lease_owner, job.pause_requested) == (status, None, False)
+    assert broker.llen("training") == 0
+    with session_scope() as session:
+        messages = session.execute(select(JobEvent.message).where(JobEvent.job_id == job_id))
+        expected = f"Worker lost during step 4 (attempt 1); job {status} as asked"
+        assert expected in messages.scalars().all()
+
+
+def test_sweep_does_not_overwrite_a_request_made_after_its_read(broker: redis.Redis) -> None:
+    """sweep reads the lapsed job -> the user cancels -> the sweep's requeue is refused."""
+    from worker.sweep import SweepResult, lapsed_jobs, settle_lapsed, sweep_once
+
+    job_id = make_job(JobStatus.queued)
+    lease = claim(job_id, "w1", lease_seconds=0.01)
+    with session_scope() as session:
+        fenced_update(session, lease, status=JobStatus.running)
+    time.sleep(0.05)
+    now = time.time()
+    (read,) = lapsed_jobs(now)
+    with session_scope() as session:
+        session.execute(
+            Job.__table__.update().where(Job.id == job_id).values(cancel_requested=True)
+        )
+    result = SweepResult()
+    settle_lapsed(read, now, max_attempts=3, result=result)
+    assert result == SweepResult()
+    assert read_job(job_id).status == "running"  # unchanged: the next sweep decides
+    assert sweep_once().settled == [job_id]
+    assert read_job(job_id).status == "cancelled"

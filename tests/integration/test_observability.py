@@ -46,7 +46,8 @@ def test_prometheus_reports_jobs_queues_and_route_latency(
     assert response.headers["content-type"].startswith("text/plain")
     found = samples(response.text)
     assert found['gpt2ft_jobs{status="running"}'] == 1
-    assert found['gpt2ft_jobs{status="validating_files"}'] == 1
+    assert found['gpt2ft_jobs{status="queued"}'] == 1
+    assert found['gpt2ft_jobs{status="validating_files"}'] == 0
     assert found['gpt2ft_jobs{status="succeeded"}'] == 0
     assert found[f'gpt2ft_queue_depth{{queue="{TRAINING_QUEUE}"}}'] == redis_db.llen(TRAINING_QUEUE)
     assert found[f'gpt2ft_queue_depth{{queue="{TRAINING_QUEUE}"}}'] >= 2  # one per job at least

@@ -136,7 +136,7 @@ def test_lease_lost_between_upload_and_manifest_publishes_nothing(
     assert checkpoint_rows(job_id) == 0
 
     # The new owner publishes the same step normally.
-    new = Lease(job_id, "w2", 2, JobStatus.running)
+    new = Lease(job_id, "w2", 2)
     mine = checkpoint_folder(tmp_path / "w2", "step-00000005", b"w2" * 50_000)
     reporter_for(new, storage).on_checkpoint(5, mine, {"train_loss": 1.0})
     manifest = storage.read_manifest(prefix)

@@ -158,7 +158,7 @@ def test_success_is_never_claimed_when_it_cannot_be_recorded(impatient_db: str) 
         outcome(lease, job, lease_seconds=1)  # gives up while the database is still away
     row = read_job(lease.job_id)
     # Still leased to the dead attempt: the lease lapses and the sweep requeues the job.
-    assert row.status == JobStatus.queued and row.lease_owner == "w1"
+    assert row.status == JobStatus.validating_files and row.lease_owner == "w1"
     assert count(FineTunedModel, lease.job_id) == 0
     # Nothing visible in the store either: no manifest, and the staged uploads are gone.
     assert get_storage().read_manifest(model_prefix(lease.job_id)) is None

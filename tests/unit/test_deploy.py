@@ -17,6 +17,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from tests.services import missing_service
+
 REPO = Path(__file__).resolve().parents[2]
 REQUIREMENTS = REPO / "requirements"
 TORCH_PACKAGES = {"torch", "transformers", "tokenizers", "accelerate", "peft", "safetensors"}
@@ -27,7 +29,6 @@ IMAGE_CODE = {
     "api.txt": ["api", "shared", "migrations"],
     "worker.txt": ["worker", "shared", "migrations", "scripts/worker_health.py"],
 }
-SERVICES_REQUIRED = bool(os.environ.get("CI") or os.environ.get("GPT2FT_REQUIRE_SERVICES"))
 
 
 def normalize(name: str) -> str:
@@ -115,13 +116,6 @@ def third_party_imports(roots: list[str], module_level_only: bool = False) -> di
             if top not in sys.stdlib_module_names and top not in FIRST_PARTY:
                 found.setdefault(top, str(file.relative_to(REPO)))
     return found
-
-
-def needs_tool(reason: str) -> None:
-    """Skip, saying why; under CI (or GPT2FT_REQUIRE_SERVICES) a missing tool is a failure."""
-    if SERVICES_REQUIRED:
-        pytest.fail(f"{reason} (CI: .ci/run installs it)")
-    pytest.skip(reason)
 
 
 def interpolate(text: str, env: dict[str, str]) -> str:
@@ -401,7 +395,7 @@ def compose_command() -> list[str]:
         return [docker, "compose"]
     legacy = shutil.which("docker-compose")
     if legacy is None:
-        needs_tool("neither the docker compose plugin nor docker-compose is installed")
+        missing_service("neither the docker compose plugin nor docker-compose is installed")
     return [str(legacy)]
 
 

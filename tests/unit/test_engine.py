@@ -97,6 +97,7 @@ def test_training_learns_and_saves_loadable_models(plan: Plan, tmp_path: Path) -
         "train_loss",
         "train_mean_token_accuracy",
         "learning_rate",
+        "grad_norm",
         "tokens_seen",
     }
     assert 0.0 <= first["train_mean_token_accuracy"] <= 1.0
@@ -122,6 +123,16 @@ def test_training_learns_and_saves_loadable_models(plan: Plan, tmp_path: Path) -
     final_model = AutoModelForCausalLM.from_pretrained(final)
     saved = load_file(final / "model.safetensors")
     assert torch.equal(final_model.transformer.wte.weight, saved["transformer.wte.weight"])
+
+
+def test_logged_steps_carry_the_gradient_norm_before_clipping(plan: Plan, tmp_path: Path) -> None:
+    spec = plan.spec.model_copy(update={"n_epochs": 1, "max_grad_norm": 1e-3})
+    callbacks = RecordingCallbacks()
+    train(spec, plan.train_blocks, plan.valid_blocks, tmp_path / "c", tmp_path / "m", callbacks)
+    norms = [metrics["grad_norm"] for _, metrics in callbacks.logs]
+    assert len(norms) == 4 and len(set(norms)) == 4
+    # Far above the clipping threshold: the norm as computed, not as clipped.
+    assert all(1e-3 * 10 < norm < 1e3 for norm in norms), norms
 
 
 def test_cancel_stops_within_a_step_and_writes_nothing(plan: Plan, tmp_path: Path) -> None:

@@ -99,6 +99,25 @@ def test_lora_saves_adapter_and_merged_model(models_dir: Path, tmp_path: Path) -
                            merged["transformer.h.0.attn.c_attn.weight"])  # fmt: skip
     assert torch.equal(base["transformer.h.0.attn.c_proj.weight"],
                        merged["transformer.h.0.attn.c_proj.weight"])  # fmt: skip
+    # The merged model answers as the base model with the adapter applied does.
+    merged_logits, adapted_logits, base_logits = lora_outputs(
+        result.model_dir, Path(plan.spec.model_location)
+    )
+    torch.testing.assert_close(merged_logits, adapted_logits, rtol=1e-4, atol=1e-5)
+    assert (adapted_logits - base_logits).abs().max() > 1e-3  # the adapter changed something
+
+
+def lora_outputs(folder: Path, base_location: Path) -> tuple[torch.Tensor, ...]:
+    """Logits on one sentence: the merged model, base + the adapter (PEFT), and the base."""
+    from peft import PeftModel
+
+    ids = torch.tensor([[464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13]])
+    merged = AutoModelForCausalLM.from_pretrained(folder).eval()
+    base = AutoModelForCausalLM.from_pretrained(base_location).eval()
+    with torch.no_grad():
+        base_logits = base(input_ids=ids).logits
+        adapted = PeftModel.from_pretrained(base, folder / ADAPTER_DIR).eval()
+        return merged(input_ids=ids).logits, adapted(input_ids=ids).logits, base_logits
 
 
 def test_lora_resume_matches_uninterrupted(models_dir: Path, tmp_path: Path) -> None:

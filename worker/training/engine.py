@@ -194,7 +194,7 @@ def stop_requested(loop: Loop, reason: StopReason) -> TrainResult:
 
 def step_or_out_of_memory(
     run: Run, batch: dict[str, torch.Tensor] | Any, spec: TrainingSpec
-) -> tuple[torch.Tensor, float, Any] | None:
+) -> tuple[torch.Tensor, float, Any, torch.Tensor] | None:
     """optimizer_step, or None when the device ran out of memory (its tensors then freed)."""
     try:
         return optimizer_step(run, batch, spec)
@@ -251,7 +251,7 @@ def count_step(loop: Loop, index: torch.Tensor, loss: torch.Tensor, accuracy: An
     progress.tokens_seen += loop.data.tokens_in(index)
 
 
-def log_progress(loop: Loop, learning_rate: float) -> None:
+def log_progress(loop: Loop, learning_rate: float, grad_norm: torch.Tensor) -> None:
     """Report the mean loss and accuracy since the last log (.item() syncs the GPU: here only)."""
     progress = loop.run.progress
     log = {
@@ -262,6 +262,9 @@ def log_progress(loop: Loop, learning_rate: float) -> None:
         "learning_rate": learning_rate,
         "tokens_seen": progress.tokens_seen,
     }
+    norm = float(grad_norm)  # the logged step's own norm, as Trainer logs it
+    if math.isfinite(norm):  # JSON columns refuse inf and nan
+        log["grad_norm"] = norm
     loop.callbacks.on_log(progress.global_step, log)
 
 
@@ -459,12 +462,12 @@ def train(
         del batch
         if stepped is None:
             return stop_for_memory(loop)
-        loss, learning_rate, accuracy = stepped
+        loss, learning_rate, accuracy, grad_norm = stepped
         count_step(loop, index, loss, accuracy)
 
         # log
         if progress.global_step % loop.log_every_steps == 0:
-            log_progress(loop, learning_rate)
+            log_progress(loop, learning_rate, grad_norm)
 
         # evaluation due (each epoch's end, every eval_every_steps), else a checkpoint due
         if evaluation_due(loop):

@@ -33,8 +33,10 @@ def micro_batches(batch: Any, accumulation: int) -> list[dict[str, torch.Tensor]
     ]
 
 
-def optimizer_step(run: Run, batch: Any, spec: TrainingSpec) -> tuple[torch.Tensor, float, Any]:
-    """Accumulated forward/backward passes, one update; (unsynced) loss, LR, accuracy counts."""
+def optimizer_step(
+    run: Run, batch: Any, spec: TrainingSpec
+) -> tuple[torch.Tensor, float, Any, torch.Tensor]:
+    """Accumulated passes, one update; (unsynced) loss, LR, accuracy counts, gradient norm."""
     pieces = micro_batches(batch, spec.gradient_accumulation_steps)
     # Each piece's mean loss is weighted by its share of predicted tokens: the accumulated
     # gradient then equals the whole batch's, even when the pieces differ in size.
@@ -53,13 +55,14 @@ def optimizer_step(run: Run, batch: Any, spec: TrainingSpec) -> tuple[torch.Tens
     loss = loss_sum
     run.scaler.unscale_(run.optimizer)
     trainable = [p for p in run.model.parameters() if p.requires_grad]
-    torch.nn.utils.clip_grad_norm_(trainable, spec.max_grad_norm)
+    # The norm before clipping (unscaled); inf or nan on an fp16 step the scaler skips.
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, spec.max_grad_norm)
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
     learning_rate = float(run.scheduler.get_last_lr()[0])
     run.scheduler.step()
-    return loss.detach(), learning_rate, (correct_sum, total)
+    return loss.detach(), learning_rate, (correct_sum, total), grad_norm.detach()
 
 
 @torch.no_grad()
