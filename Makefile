@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REQUIREMENTS := $(wildcard requirements/*.txt) pyproject.toml
 SOURCES := api shared worker cli
 
-.PHONY: run test lint format install tokenizer browser clean parity docker compose-smoke
+.PHONY: run test lint format install tokenizer browser clean parity docker compose-smoke gpu-smoke
 
 run: install
 	$(BIN)/gpt2ft run
@@ -18,6 +18,12 @@ test: install tokenizer lint
 # Our engine vs the Hugging Face Trainer on the same data, seed and hyperparameters (CPU, ~minutes).
 parity: install tokenizer
 	$(BIN)/python -m bench.parity
+
+# Every task x method through the worker's code on one GPU, with memory, tokens/s and MFU
+# figures (bench/gpu_smoke.py; about 5 minutes on an H100/H200). GPU_SMOKE_DEVICE=cpu runs the
+# same script on the CPU with gpt2-tiny. A GPU-lent session runs bench/gpu.sh instead.
+gpu-smoke: install tokenizer
+	$(BIN)/python -m bench.gpu_smoke
 
 lint: install
 	$(BIN)/ruff check .

@@ -16,12 +16,20 @@ _LOCATION_ROOTS = {"body", "query", "path", "header", "cookie"}
 _TYPE_TAGS = {"int", "float", "str", "bool", "list", "dict", "none", "bytes"}
 # Specific errors win over "wrong type" errors from the other union branches.
 _PRIORITY = {"extra_forbidden": 0, "missing": 0, "literal_error": 3}
+# The openai SDK's header: "false" stops its retries, "true" asks for them.
+SHOULD_RETRY = "x-should-retry"
 # A 422 quotes the bad value this far: enough to recognise it, never the whole request back.
 MAX_ECHO_CHARS = 100
 
 
 class ApiError(Exception):
-    """An error shown to the client as {"error": {...}} with an HTTP status."""
+    """An error shown to the client as {"error": {...}} with an HTTP status.
+
+    retry_after (seconds) marks an error that the same request may get past soon (a busy
+    slot, Redis restarting): the answer carries Retry-After and x-should-retry: true. Every
+    other ApiError says x-should-retry: false, so the openai SDK, which retries 409, 429 and
+    5xx twice by default, fails at once where retrying cannot help (a quota, a conflict).
+    """
 
     def __init__(
         self,
@@ -31,10 +39,10 @@ class ApiError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
-        headers: dict[str, str] | None = None,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
-        self.headers = headers or {}
+        self.retry_after = retry_after
         self.status = status
         self.message = message
         self.type = type
@@ -93,11 +101,23 @@ def validation_error(
     return ApiError(422, message, param=param or None, code=best["type"])
 
 
+def retry_headers(retry_after: int | None) -> dict[str, str]:
+    """What tells a client whether to send the request again, and when."""
+    if retry_after is None:
+        return {SHOULD_RETRY: "false"}
+    return {SHOULD_RETRY: "true", "Retry-After": str(retry_after)}
+
+
+def error_response(exc: ApiError) -> JSONResponse:
+    """The envelope for exc, with its retry headers."""
+    response = envelope(exc.status, exc.message, exc.type, exc.param, exc.code)
+    response.headers.update(retry_headers(exc.retry_after))
+    return response
+
+
 async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    response = envelope(exc.status, exc.message, exc.type, exc.param, exc.code)
-    response.headers.update(exc.headers)
-    return response
+    return error_response(exc)
 
 
 async def _request_validation(_request: Request, exc: Exception) -> JSONResponse:
@@ -107,12 +127,21 @@ async def _request_validation(_request: Request, exc: Exception) -> JSONResponse
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    path = request.url.path
     if exc.status_code == 404:
-        message = f"Unknown request URL: {request.method} {request.url.path}"
+        message = f"Unknown request URL: {request.method} {path}"
+        if path != "/v1" and not path.startswith("/v1/"):
+            message += (
+                f". The API lives under /v1: set the client's base URL to {request.base_url}v1 "
+                f'(for example OpenAI(base_url="{request.base_url}v1"))'
+            )
     else:
         message = str(exc.detail)
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    return envelope(exc.status_code, message, kind)
+    response = envelope(exc.status_code, message, kind)
+    if exc.status_code < 500:
+        response.headers.update(retry_headers(None))
+    return response
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

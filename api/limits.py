@@ -8,10 +8,8 @@ from api.locks import lock_owner
 from shared.db.tables import TERMINAL_STATUSES, File, Job
 from shared.settings import get_settings
 
-# Jobs finish within minutes to hours; a client that backs off a minute loses little.
-JOBS_RETRY_AFTER = "60"
-# Storage frees only when the owner deletes something: check back rarely.
-BYTES_RETRY_AFTER = "3600"
+# Neither quota frees itself within a retry's seconds (a job runs for minutes to hours, bytes
+# free only when the owner deletes): the 429 says x-should-retry: false and no Retry-After.
 
 
 def active_jobs(session: Session, owner: str) -> int:
@@ -51,7 +49,6 @@ def check_active_jobs(session: Session, owner: str) -> None:
             "POST /v1/fine_tuning/jobs/{id}/cancel",
             type="rate_limit_error",
             code="too_many_active_jobs",
-            headers={"Retry-After": JOBS_RETRY_AFTER},
         )
 
 
@@ -74,5 +71,4 @@ def check_stored_bytes(session: Session, owner: str, incoming: int) -> None:
             type="rate_limit_error",
             param="file",
             code="storage_quota_exceeded",
-            headers={"Retry-After": BYTES_RETRY_AFTER},
         )

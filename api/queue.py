@@ -82,6 +82,7 @@ def _unreachable(task: str, exc: Exception) -> ApiError:
         "the task queue (Redis) is unreachable; check REDIS_URL and `gpt2ft worker`",
         type="server_error",
         code="queue_unavailable",
+        retry_after=2,  # Redis restarting or a network blip: worth one more try
     )
 
 

@@ -6,7 +6,7 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import bearer_token, owner_of
-from api.errors import ApiError, envelope
+from api.errors import ApiError, error_response
 from shared.settings import get_settings
 
 # Uploads stream to disk under their own limit (max_upload_bytes, api/uploads.py).
@@ -103,7 +103,7 @@ class RequestGuard:
                 receive = replaying(body, receive)
             check_no_nul(scope, body)
         except ApiError as exc:
-            response = envelope(exc.status, exc.message, exc.type, exc.param, exc.code)
+            response = error_response(exc)
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

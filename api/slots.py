@@ -85,6 +85,7 @@ def claim_slot(kind: str, owner: str, ttl: float, setting: str, what: str, advic
             f"Redis is unreachable ({type(exc).__name__}); check REDIS_URL",
             type="server_error",
             code="queue_unavailable",
+            retry_after=2,
         ) from None
     if slot is None:
         raise ApiError(
@@ -92,6 +93,6 @@ def claim_slot(kind: str, owner: str, ttl: float, setting: str, what: str, advic
             f"you have {limit} {what}, the most allowed per owner ({setting}); {advice}",
             type="rate_limit_error",
             code=f"too_many_{kind}",
-            headers={"Retry-After": "1"},
+            retry_after=1,  # a slot frees when a request answers or a stream closes
         )
     return slot

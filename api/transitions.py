@@ -112,4 +112,6 @@ def transition(session: Session, owner: str, job_id: str, action: str) -> tuple[
             session.flush()
             session.refresh(job)
             return job, "status" in values
-    raise ApiError(409, f"job {job_id} kept changing state; try again", code="conflict")
+    raise ApiError(
+        409, f"job {job_id} kept changing state; try again", code="conflict", retry_after=1
+    )

@@ -73,6 +73,15 @@ class Settings(BaseSettings):
     metrics_flush_seconds: float = Field(default=2.0, gt=0)
     log_level: str = "INFO"
 
+    # This worker's device: "auto" (cuda when present, else cpu), "cpu", "cuda" or "cuda:N".
+    # `gpt2ft worker` turns cuda:N into CUDA_VISIBLE_DEVICES=N for its processes.
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    # Share of the GPU the inference process may take, so serving never starves training.
+    inference_memory_fraction: float = Field(default=0.25, gt=0, le=1)
+    # Steps between training-loss logs; None: every step on CPU, every 10 on a GPU (a log
+    # reads the loss back, which waits for the GPU to finish).
+    log_every_steps: int | None = Field(default=None, ge=1, le=10_000)
+
     @property
     def resolved_database_url(self) -> str:
         """DATABASE_URL, or the SQLite file under home."""

@@ -10,8 +10,8 @@ from worker.throughput import time_estimate
 
 def handle_plan(request: dict[str, Any]) -> dict[str, Any]:
     """Token counts, steps, resolved values and the memory estimate; or {"error": ...}."""
+    from worker.training.device import pick_device
     from worker.training.memory import available_bytes
-    from worker.training.run_state import pick_device
 
     snapshot = JobSnapshot(
         id=request["id"],
@@ -28,7 +28,7 @@ def handle_plan(request: dict[str, Any]) -> dict[str, Any]:
         plan = prepare(snapshot, get_settings(), get_storage(), check_memory=False)
     except JobFailure as failure:
         return {"error": failure.error}
-    device = pick_device(None).type
+    device = str(pick_device())
     available = available_bytes(device)
     needed = plan.summary["memory_estimate"]["total_bytes"]
     method = plan.spec.method

@@ -77,7 +77,6 @@ def _is_classifier(location: str) -> bool:
 def handle_classify(request: dict[str, Any]) -> dict[str, Any]:
     """Run a classification request; errors come back as {"error": {...}}, never a traceback."""
     from worker.training.classify import classify
-    from worker.training.run_state import pick_device
 
     model = request.get("model")
     if request.get("deadline") is not None and time.time() >= request["deadline"]:
@@ -90,7 +89,7 @@ def handle_classify(request: dict[str, Any]) -> dict[str, Any]:
                 "(or use POST /v1/completions for text)"
             )
             return {"error": {"message": message, "param": "model"}}
-        data = classify(location, list(request["input"]), pick_device(None))
+        data = classify(location, list(request["input"]))
     except (ValueError, OSError, StorageError) as exc:
         log.warning("classification for %s failed: %s", model, exc)
         return {"error": {"message": f"{model}: {exc}", "param": None}}

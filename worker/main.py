@@ -2,6 +2,8 @@
 
 import ctypes
 import logging
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,14 +62,37 @@ def _die_with_parent() -> None:
             pass
 
 
-def start_child(queue: str, name: str) -> subprocess.Popen:
+def child_environment(device: str, environ: dict[str, str]) -> dict[str, str]:
+    """The children's environment: GPT2FT_DEVICE=cuda:N becomes that one GPU, seen as cuda.
+
+    So N workers on an N-GPU host (GPT2FT_DEVICE=cuda:0 ... cuda:N-1) use N GPUs, and each
+    process's CUDA calls, RNG and memory figures all refer to its own GPU.
+    """
+    match = re.fullmatch(r"cuda:(\d+)", device)
+    if match is None:
+        return dict(environ)
+    index = int(match.group(1))
+    visible = [d for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if visible and index >= len(visible):
+        raise ValueError(
+            f"GPT2FT_DEVICE={device} but CUDA_VISIBLE_DEVICES={environ['CUDA_VISIBLE_DEVICES']} "
+            f"lists {len(visible)} GPU(s); use cuda:0 to cuda:{len(visible) - 1}"
+        )
+    chosen = visible[index].strip() if visible else str(index)
+    return {**environ, "CUDA_VISIBLE_DEVICES": chosen, "GPT2FT_DEVICE": "cuda"}
+
+
+def start_child(queue: str, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """A Celery child in its own session: outside signals reach only the supervisor.
 
     Celery's SIGTERM handler takes a non-reentrant lock; a process-group SIGTERM plus the
     supervisor's forwarded one could nest and deadlock it, so each child gets exactly one.
     """
     return subprocess.Popen(
-        celery_command(queue, name), start_new_session=True, preexec_fn=_die_with_parent
+        celery_command(queue, name),
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+        env=env,
     )
 
 
@@ -87,10 +112,16 @@ def _stop_children(children: list[subprocess.Popen], timeout: float = 300.0) -> 
 
 def run_worker() -> int:
     """Start both Celery processes and the sweep; exit when either child dies or on SIGTERM."""
-    configure_logging(get_settings().log_level)
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    try:
+        env = child_environment(settings.device, dict(os.environ))
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
     suffix = uuid.uuid4().hex[:6]
     named = {
-        queue: start_child(queue, f"{queue}-{suffix}")
+        queue: start_child(queue, f"{queue}-{suffix}", env)
         for queue in (TRAINING_QUEUE, INFERENCE_QUEUE)
     }
     stop = threading.Event()

@@ -35,6 +35,8 @@ if TYPE_CHECKING:  # the engine imports torch; run_job imports this module
     from worker.training.engine import TrainResult
 
 log = logging.getLogger(__name__)
+# Out of memory mid-run: retried this many times, halving the micro-batch each time.
+MAX_MEMORY_RETRIES = 2
 
 
 class Outcome(StrEnum):
@@ -46,6 +48,7 @@ class Outcome(StrEnum):
     cancelled = "cancelled"
     paused = "paused"
     requeued = "requeued"  # the worker shut down: checkpointed and back in the queue
+    retried = "retried"  # out of GPU memory: back in the queue with a smaller micro-batch
     lease_lost = "lease_lost"  # the job is not this worker's any more: nothing written
     left_for_sweep = "left_for_sweep"  # the database was away: the sweep decides later
 
@@ -202,12 +205,53 @@ def handle_shutdown(run: TrainedRun) -> Outcome:
     return outcome
 
 
+def handle_out_of_memory(run: TrainedRun) -> Outcome:
+    """queued again with half the micro-batch (MAX_MEMORY_RETRIES times), else failed.
+
+    The engine checkpointed the last full step; the next attempt resumes there.
+    """
+    from worker.dispatch import send_job
+
+    job = run.job
+    micro = int(run.result.final_metrics["micro_batch_size"])
+    retries = int((job.stats or {}).get("memory_retries", 0))
+    where = f"Out of GPU memory in step {run.result.step + 1} with micro-batch {micro}"
+
+    def write(session: Session) -> Outcome:
+        if micro <= 1 or retries >= MAX_MEMORY_RETRIES:
+            tried = f"after {retries} smaller retries" if retries else "with one example"
+            message = (
+                f"{where}, {tried}; the GPU is too small for this job while other work "
+                "shares it: use a smaller max_length or block_size, training_method lora, "
+                "or a worker with more memory"
+            )
+            error = {"code": "out_of_memory", "message": message, "param": None}
+            finish_job(session, run.lease, JobStatus.failed, error=error)
+            add_events(session, [event_row(job.id, f"Job failed: {message}", level="error")])
+            return Outcome.failed
+        smaller = micro // 2
+        release_job(session, run.lease, JobStatus.queued, refund_attempt=True)
+        merge_stats(session, job.id, {"memory_retries": retries + 1, "micro_batch_limit": smaller})
+        message = (
+            f"{where}: requeued with micro-batch {smaller} "
+            f"(retry {retries + 1} of {MAX_MEMORY_RETRIES})"
+        )
+        add_events(session, [event_row(job.id, message, level="warn")])
+        return Outcome.retried
+
+    outcome = land(run, "recording the out-of-memory stop", write)
+    if outcome is Outcome.retried:
+        send_job(job.id)
+    return outcome
+
+
 # Each way a training run can end, and the one function that records it.
 OUTCOME_HANDLERS: dict[StopReason | None, Callable[[TrainedRun], Outcome]] = {
     None: handle_success,
     StopReason.cancel: handle_cancel,
     StopReason.pause: handle_pause,
     StopReason.shutdown: handle_shutdown,
+    StopReason.out_of_memory: handle_out_of_memory,
 }
 
 

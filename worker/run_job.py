@@ -70,6 +70,8 @@ class JobSnapshot:
     hyperparameters: dict[str, Any]
     # Extension request fields (task, packing, max_length, method fields).
     options: dict[str, Any] | None = None
+    # Figures earlier attempts left (micro_batch_limit after running out of memory, ...).
+    stats: dict[str, Any] | None = None
 
 
 @lru_cache
@@ -124,6 +126,20 @@ def run_job(job_id: str, worker_id: str) -> Outcome:
             return handle_failure(lease, {**error, "param": None})
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            release_job_memory()
+
+
+def release_job_memory() -> None:
+    """After every job: the GPU memory its tensors held goes back to the driver.
+
+    Otherwise the next job's memory check (and the inference process) would see the cached
+    blocks as taken. Nothing to do in a process that never trained.
+    """
+    import sys
+
+    device = sys.modules.get("worker.training.device")
+    if device is not None:
+        device.release_memory()
 
 
 def _snapshot(job_id: str) -> JobSnapshot:
@@ -140,6 +156,7 @@ def _snapshot(job_id: str) -> JobSnapshot:
             job.seed,
             dict(job.hyperparameters),
             dict(job.options or {}),
+            dict(job.stats or {}),
         )
 
 
@@ -187,10 +204,10 @@ def prepare(
     except PlanError as exc:
         raise JobFailure("invalid_hyperparameters", str(exc), exc.param) from None
     if check_memory:
+        from worker.training.device import pick_device
         from worker.training.memory import memory_problem
-        from worker.training.run_state import pick_device
 
-        problem = memory_problem(plan.summary["memory_estimate"], pick_device(None).type)
+        problem = memory_problem(plan.summary["memory_estimate"], str(pick_device()))
         if problem:
             raise JobFailure("insufficient_memory", problem, None)
     return plan
@@ -241,6 +258,8 @@ def _train_claimed(
         work / "model",
         reporter,
         resume_from=resume_from,
+        log_every_steps=settings.log_every_steps,
+        micro_batch_limit=(job.stats or {}).get("micro_batch_limit"),
     )
     if result.stopped is StopReason.lease_lost:
         raise LeaseLost(f"job {job.id}: lease lost during training")

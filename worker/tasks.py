@@ -14,6 +14,18 @@ from worker.shutdown import request_shutdown
 log = logging.getLogger(__name__)
 
 
+@signals.celeryd_after_setup.connect
+def _join_fleet(sender: str, instance: Any, **_: Any) -> None:
+    """Check the device, log it and join the workers table; an unusable GPU stops the worker."""
+    from worker.fleet import DeviceUnavailable, start_worker_beat
+
+    try:
+        start_worker_beat(worker_identity(), list(instance.app.amqp.queues.consume_from))
+    except DeviceUnavailable as exc:
+        log.critical("worker %s cannot start: %s", sender, exc)
+        raise SystemExit(3) from None  # Celery swallows other exceptions from signal handlers
+
+
 @signals.worker_shutting_down.connect
 def _on_shutdown(**_: Any) -> None:
     """SIGTERM: the running job checkpoints at its next step and goes back to the queue."""

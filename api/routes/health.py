@@ -1,15 +1,39 @@
 """Liveness and readiness probes (no API key needed)."""
 
+import logging
+from typing import Any
+
 import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
-from shared.db.session import get_engine
+from shared.db.session import get_engine, session_scope
 from shared.settings import get_settings
+from shared.workers import live_workers
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
+
+
+class WorkerView(BaseModel):
+    """A live worker process: where it runs and on which device."""
+
+    id: str
+    hostname: str
+    queues: list[str]
+    device: str
+    device_kind: str
+    device_count: int
+    devices: list[dict[str, Any]]
+    memory_bytes: int | None
+    cuda_version: str | None
+    driver_version: str | None
+    torch_version: str | None
+    started_at: float
+    last_seen_at: float
 
 
 class Health(BaseModel):
@@ -17,6 +41,8 @@ class Health(BaseModel):
 
     status: str
     checks: dict[str, str] = {}
+    # /readyz: worker processes seen within a lease period, with their devices.
+    workers: list[WorkerView] = []
 
 
 def _check_database() -> str:
@@ -42,6 +68,17 @@ def _check_redis() -> str:
     return "ok"
 
 
+def _workers() -> list[WorkerView]:
+    """Live workers; none is not a readiness failure (jobs wait in the queue for one)."""
+    try:
+        with session_scope() as session:
+            rows = live_workers(session, get_settings().lease_seconds)
+            return [WorkerView.model_validate(row, from_attributes=True) for row in rows]
+    except SQLAlchemyError as exc:  # the database answered SELECT 1: say it, still answer
+        log.warning("readyz: workers not listed: %s", exc)
+        return []
+
+
 @router.get("/healthz", response_model=Health, operation_id="readHealth", summary="Process is up")
 def read_health() -> Health:
     """200 while the process serves requests."""
@@ -58,8 +95,9 @@ def read_health() -> Health:
 def read_readiness() -> Health | JSONResponse:
     """200 when the database and Redis answer; 503 naming the one that did not."""
     checks = {"database": _check_database(), "redis": _check_redis()}
+    workers = _workers() if checks["database"] == "ok" else []
     if all(v == "ok" for v in checks.values()):
-        return Health(status="ok", checks=checks)
+        return Health(status="ok", checks=checks, workers=workers)
     failed = ", ".join(k for k, v in checks.items() if v != "ok")
-    body = Health(status=f"not ready: {failed}", checks=checks)
+    body = Health(status=f"not ready: {failed}", checks=checks, workers=workers)
     return JSONResponse(status_code=503, content=body.model_dump())

@@ -5,6 +5,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Enum,
     Float,
@@ -176,3 +177,28 @@ class FineTunedModel(Base):
     path: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[int] = mapped_column(Integer)
     deleted_at: Mapped[int | None] = mapped_column(Integer)
+
+
+class Worker(Base):
+    """A worker process and its devices; upserted at start and on every heartbeat.
+
+    Live workers (seen within a lease period) show in /readyz; jobs can be routed by them.
+    """
+
+    __tablename__ = "workers"
+    # host:pid:random, the same identity the process uses as a lease owner.
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    queues: Mapped[list[str]] = mapped_column(JSON)
+    # "cuda" or "cpu": where this process trains or serves.
+    device_kind: Mapped[str] = mapped_column(String(16))
+    device: Mapped[str] = mapped_column(String(32))
+    device_count: Mapped[int] = mapped_column(Integer)
+    # Per visible device: name, memory_bytes, capability, bf16.
+    devices: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    cuda_version: Mapped[str | None] = mapped_column(String(32))
+    driver_version: Mapped[str | None] = mapped_column(String(64))
+    torch_version: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[float] = mapped_column(Float)
+    last_seen_at: Mapped[float] = mapped_column(Float, index=True)

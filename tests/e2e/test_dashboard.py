@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import REPO, Service, wait_until
+from tests.e2e.conftest import REPO, Service, api_client, upload_text, wait_until
 from tests.e2e.corpus import JOKES, corpus_text
 from tests.services import missing_service
 
@@ -74,17 +74,9 @@ def page(tmp_path: Path) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def http(service: Service) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {service.api_key}"}
-    with httpx.Client(base_url=f"{service.url}/v1", headers=headers, timeout=120) as client:
+    with api_client(service) as client:
+        client.timeout = httpx.Timeout(120)  # dry runs and completions wait for a worker
         yield client
-
-
-def upload(http: httpx.Client, name: str, text: str) -> str:
-    response = http.post(
-        "/files", files={"file": (name, text.encode())}, data={"purpose": "fine-tune"}
-    )
-    assert response.status_code == 200, response.text
-    return str(response.json()["id"])
 
 
 def wait_for_job(http: httpx.Client, job_id: str, timeout: float = 240) -> dict[str, Any]:
@@ -102,7 +94,7 @@ def trained(http: httpx.Client) -> dict[str, Any]:
     """A finished job with evaluations, samples and checkpoints, made through the API."""
     body = {
         "model": "gpt2-tiny",
-        "training_file": upload(http, "jokes.txt", corpus_text(12)),
+        "training_file": upload_text(http, "jokes.txt", corpus_text(12)),
         "hyperparameters": {"n_epochs": 2, "batch_size": 4},
         "block_size": 32,
         "eval_every_steps": 5,
@@ -406,7 +398,7 @@ def test_running_job_shows_eta_and_tokens_per_second(
 ) -> None:
     body = {
         "model": "gpt2-tiny",
-        "training_file": upload(http, "long.txt", corpus_text(12)),
+        "training_file": upload_text(http, "long.txt", corpus_text(12)),
         "hyperparameters": {"n_epochs": 50, "batch_size": 1},
         "block_size": 32,
     }

@@ -1,4 +1,4 @@
-"""Per-owner quotas: active jobs and stored bytes answer 429 with Retry-After and a way out."""
+"""Per-owner quotas: active jobs and stored bytes answer 429, not to be retried, with a way out."""
 
 import pytest
 from fastapi.testclient import TestClient
@@ -37,7 +37,8 @@ def test_active_jobs_limit_is_429_until_one_finishes(
 
     refused = api.post(JOBS, headers=alice, json=body)
     assert refused.status_code == 429
-    assert refused.headers["Retry-After"] == "60"
+    # Retrying cannot free a job place: the SDK must fail at once (test_api_retry.py).
+    assert refused.headers["x-should-retry"] == "false" and "Retry-After" not in refused.headers
     error = refused.json()["error"]
     assert error["type"] == "rate_limit_error" and error["code"] == "too_many_active_jobs"
     assert "max_active_jobs_per_owner=2" in error["message"] and "cancel" in error["message"]
@@ -72,7 +73,7 @@ def test_storage_quota_is_429_and_stores_nothing(
         data={"purpose": "fine-tune"},
     )
     assert refused.status_code == 429, refused.text
-    assert refused.headers["Retry-After"] == "3600"
+    assert refused.headers["x-should-retry"] == "false" and "Retry-After" not in refused.headers
     error = refused.json()["error"]
     assert error["code"] == "storage_quota_exceeded" and error["param"] == "file"
     assert "max_stored_bytes_per_owner" in error["message"]

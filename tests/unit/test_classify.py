@@ -71,7 +71,7 @@ def test_classification_learns_an_easy_two_label_set(models_dir: Path, tmp_path:
     assert AutoModelForSequenceClassification.from_pretrained(checkpoint).config.num_labels == 2
 
     # Batched (left-padded, different lengths) like the API sends them; texts it was trained on.
-    answers = classify(str(model_dir), [POSITIVE[0], NEGATIVE[3]], torch.device("cpu"))
+    answers = classify(str(model_dir), [POSITIVE[0], NEGATIVE[3]])
     assert [a["label"] for a in answers] == ["pos", "neg"]
     assert set(answers[0]["probabilities"]) == {"neg", "pos"}
     assert sum(answers[0]["probabilities"].values()) == pytest.approx(1.0)

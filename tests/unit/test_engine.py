@@ -1,7 +1,9 @@
 """The training loop on gpt2-tiny: learning, checkpoints, stop reasons, exact resume."""
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from shared.catalog import find_base_model
 from shared.spec import Hyperparameters
+from worker.training import engine
 from worker.training.callbacks import RecordingCallbacks, StopReason
 from worker.training.checkpoints import (
     STATE_FILE,
@@ -241,3 +244,43 @@ def test_gradient_checkpointing_trains_the_same(plan: Plan, tmp_path: Path) -> N
     train(spec, plan.train_blocks, plan.valid_blocks, tmp_path / "b", tmp_path / "bm", recomputed)
     losses = [m["train_loss"] for _, m in plain.logs]
     assert [m["train_loss"] for _, m in recomputed.logs] == pytest.approx(losses, rel=1e-4)
+
+
+def test_out_of_memory_checkpoints_and_resumes_with_smaller_micro_batches(
+    plan: Plan, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = Plan(plan.spec.model_copy(update={"n_epochs": 2}), plan.train_blocks, [], 0)
+    straight = RecordingCallbacks()
+    run(plan, tmp_path / "straight", straight)
+
+    real_step = engine.optimizer_step
+    micro_batches: list[int] = []
+
+    def step_that_runs_out(run_: Any, batch: Any, spec: Any) -> Any:
+        # A fake CUDA OOM: another process took memory after step 5, and 4 rows no longer fit.
+        micro = math.ceil(batch["input_ids"].shape[0] / spec.gradient_accumulation_steps)
+        micro_batches.append(micro)
+        if run_.progress.global_step >= 5 and micro > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_step(run_, batch, spec)
+
+    monkeypatch.setattr(engine, "optimizer_step", step_that_runs_out)
+    stopped = RecordingCallbacks()
+    result = run(plan, tmp_path / "oom", stopped)
+    assert (result.stopped, result.step, result.model_dir) == ("out_of_memory", 5, None)
+    assert result.final_metrics == {"micro_batch_size": 4}
+    assert [step for step, _, _ in stopped.checkpoints] == [4, 5]
+    assert "Out of memory on cpu in step 6 with micro-batch 4: checkpointed at step 5" in (
+        stopped.messages
+    )
+
+    checkpoint = latest_checkpoint(tmp_path / "oom" / "checkpoints")
+    resumed = RecordingCallbacks()
+    result = run(plan, tmp_path / "oom", resumed, resume_from=checkpoint, micro_batch_limit=2)
+    assert (result.stopped, result.step) == (None, 8)
+    assert set(micro_batches[6:]) == {2}  # every step after the resume: two halves of 4
+    assert "2 accumulated micro-batches of 2 per step" in "\n".join(resumed.messages)
+    # Two halves accumulate to the update of one batch of four: only dropout's masks differ
+    # (drawn per micro-batch), so the run tracks the uninterrupted one closely.
+    for (step, ours), (_, theirs) in zip(resumed.logs, straight.logs[5:], strict=True):
+        assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=0.01), step

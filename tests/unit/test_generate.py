@@ -82,7 +82,7 @@ def test_model_cache_is_bounded(tiny: str, tmp_path: Path, monkeypatch: pytest.M
     shutil.copytree(tiny, copy)
     generate(tiny, ["Hi"], max_tokens=1)
     generate(str(copy), ["Hi"], max_tokens=1)
-    assert list(generation._cache) == [str(copy)]
+    assert generation._cache.locations() == [str(copy)]
 
 
 def test_stop_strings_end_each_sampled_row_on_its_own(tiny: str) -> None:

@@ -13,7 +13,7 @@ from shared.spec import Hyperparameters, LoraOptions, MethodOptions
 from worker.training.callbacks import RecordingCallbacks
 from worker.training.checkpoints import latest_checkpoint
 from worker.training.engine import train
-from worker.training.methods import ADAPTER_DIR, count_parameters, load_for_training
+from worker.training.methods import ADAPTER_DIR, count_parameters, cpu_copy, load_for_training
 from worker.training.plan import Plan, plan_training, with_method
 
 CORPUS = [
@@ -137,3 +137,27 @@ def test_lora_resume_matches_uninterrupted(models_dir: Path, tmp_path: Path) -> 
     a, c = weights(straight.model_dir), weights(resumed.model_dir)
     for name in a:
         torch.testing.assert_close(a[name], c[name], rtol=1e-5, atol=1e-6)
+
+
+def test_lora_merge_copies_to_the_cpu_and_leaves_the_live_model(models_dir: Path) -> None:
+    lora = LoraOptions(r=4, alpha=8, target_modules=["c_attn"])
+    plan = make_plan(models_dir, MethodOptions(training_method="lora", lora=lora))
+    model = load_for_training(plan.spec, torch.device("cpu"), None)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.fill_(0.5)  # B starts at zero: make the adapter change the weights
+    live = {name: p.detach().clone() for name, p in model.state_dict().items()}
+    copy = cpu_copy(model)
+    originals = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    assert all(p.device.type == "cpu" for p in copy.parameters())
+    assert not any(p.untyped_storage().data_ptr() in originals for p in copy.parameters())
+    merged = copy.merge_and_unload()
+    # Merging the copy leaves the training model exactly as it was (adapter unmerged).
+    assert all(torch.equal(live[name], p) for name, p in model.state_dict().items())
+    inner = model.base_model.model.transformer.h[0].attn.c_attn
+    delta = (inner.lora_B["default"].weight @ inner.lora_A["default"].weight).T * (8 / 4)
+    expected = inner.base_layer.weight + delta
+    assert torch.allclose(merged.transformer.h[0].attn.c_attn.weight, expected, atol=1e-6)
+    # GPT-2's tied head stays tied in the copy.
+    assert merged.lm_head.weight is merged.transformer.wte.weight

@@ -13,6 +13,9 @@ class StopReason(StrEnum):
     pause = "pause"  # the user paused: checkpoint, then stop
     shutdown = "shutdown"  # the worker is going away (SIGTERM): checkpoint, then stop
     lease_lost = "lease_lost"  # another worker owns the job now: stop without writing
+    # The GPU ran out of memory mid-run (the engine checkpointed the last full step itself):
+    # retry with a smaller micro-batch.
+    out_of_memory = "out_of_memory"
 
     @property
     def checkpoints(self) -> bool:

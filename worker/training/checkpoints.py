@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from worker.training import device as device_module
+
 # Our own resume state (optimizer, scheduler, RNG, data position); loaded with weights_only.
 STATE_FILE = "training_state.pt"
 # The same progress in JSON, for people and for the DB row that points at this folder.
@@ -23,8 +25,11 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def capture_rng_state() -> dict[str, Any]:
-    """Python, numpy, torch and cuda RNG states, in types torch.load(weights_only=True) accepts."""
+def capture_rng_state(device: torch.device) -> dict[str, Any]:
+    """Python, numpy, torch and the training GPU's RNG states, as weights_only loads them.
+
+    Only the training device's CUDA state: a resume may see fewer GPUs than the save did.
+    """
     np_state = np.random.get_state(legacy=False)
     state: dict[str, Any] = {
         "python": random.getstate(),
@@ -37,12 +42,12 @@ def capture_rng_state() -> dict[str, Any]:
         },
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = device_module.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng_state(state: dict[str, Any]) -> None:
+def restore_rng_state(state: dict[str, Any], device: torch.device) -> None:
     """Undo capture_rng_state: the next random draw is the one the saved run would have made."""
     random.setstate(state["python"])
     saved = state["numpy"]
@@ -55,8 +60,13 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         }
     )
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda_state = state.get("cuda")
+    if cuda_state is None or device.type != "cuda":
+        return  # saved on CPU, or resumed on CPU: CPU draws come from the torch state above
+    if isinstance(cuda_state, list):
+        # Older checkpoints kept one state per visible GPU; the job trained on the first.
+        cuda_state = cuda_state[0]
+    device_module.cuda.set_rng_state(cuda_state, device)
 
 
 def save_checkpoint(

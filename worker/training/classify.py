@@ -1,7 +1,5 @@
 """Sequence classification on GPT-2: loading, metrics, evaluation and inference."""
 
-import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -10,17 +8,25 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from worker.training.data import tokenize_records
+from worker.training.device import inference_dtype
 from worker.training.examples import IGNORE, Examples, pad_left
+from worker.training.model_cache import ModelCache
 from worker.training.model_loading import _load_kwargs, load_tokenizer, model_load_kwargs
 
-_cache: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
-_cache_lock = threading.Lock()
 # Enough for a handful of fine-tuned classifiers per inference worker.
 CACHE_SIZE = 4
 
 
-def load_classifier(location: str, device: str | torch.device, labels: list[str] | None) -> Any:
-    """GPT2ForSequenceClassification; labels name a fresh head (None: the folder's own)."""
+def load_classifier(
+    location: str,
+    device: str | torch.device,
+    labels: list[str] | None,
+    dtype: torch.dtype = torch.float32,
+) -> Any:
+    """GPT2ForSequenceClassification; labels name a fresh head (None: the folder's own).
+
+    float32 to train (autocast adds 16-bit compute); serving passes a 16-bit dtype.
+    """
     extra: dict[str, Any] = {}
     if labels is not None:
         extra = {
@@ -29,7 +35,7 @@ def load_classifier(location: str, device: str | torch.device, labels: list[str]
             "label2id": {name: i for i, name in enumerate(labels)},
         }
     model: Any = AutoModelForSequenceClassification.from_pretrained(
-        location, **extra, **model_load_kwargs()
+        location, **extra, **{**model_load_kwargs(), "dtype": dtype}
     )
     # GPT-2 has no pad token: EOS pads (on the left), and the head reads the last real token.
     model.config.pad_token_id = model.config.eos_token_id
@@ -42,16 +48,21 @@ def is_classifier(location: str | Path) -> bool:
     return any(name.endswith("ForSequenceClassification") for name in config.architectures or [])
 
 
+def count_on_device(labels: torch.Tensor) -> torch.Tensor:
+    """labels.numel() as a tensor on labels' device, filled there (no host copy, no GPU sync)."""
+    return torch.full((), labels.numel(), dtype=torch.long, device=labels.device)
+
+
 def count_targets(labels: torch.Tensor) -> torch.Tensor:
     """How many predictions the loss averages over: rows for labels, else unmasked next tokens."""
     if labels.dim() == 1:
-        return torch.tensor(labels.numel(), device=labels.device)
+        return count_on_device(labels)
     return (labels[:, 1:] != IGNORE).sum()
 
 
 def class_accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> tuple[Any, Any]:
     """(correct, counted) class predictions as tensors (no GPU sync)."""
-    return (logits.argmax(-1) == labels).sum(), torch.tensor(labels.numel(), device=labels.device)
+    return (logits.argmax(-1) == labels).sum(), count_on_device(labels)
 
 
 def macro_f1(predicted: list[int], targets: list[int], n_labels: int) -> float:
@@ -72,16 +83,21 @@ def evaluate_classifier(
 ) -> dict[str, float]:
     """valid_loss, valid_accuracy and valid_macro_f1 over examples."""
     model.eval()
-    loss_sum, predicted, targets = 0.0, [], []
+    # Kept on the device and read back once: no GPU sync per batch.
+    loss_total = torch.zeros((), device=device, dtype=torch.float64)
+    predicted_parts, target_parts = [], []
     for start in range(0, len(examples), batch_size):
         batch = examples.batch(torch.arange(start, min(start + batch_size, len(examples))), device)
         labels = batch.pop("labels")
         with autocast:
             logits = model(**batch).logits.float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        predicted += logits.argmax(-1).tolist()
-        targets += labels.tolist()
+        loss_total += F.cross_entropy(logits, labels, reduction="sum").double()
+        predicted_parts.append(logits.argmax(-1))
+        target_parts.append(labels)
     model.train()
+    predicted = torch.cat(predicted_parts).tolist() if predicted_parts else []
+    targets = torch.cat(target_parts).tolist() if target_parts else []
+    loss_sum = loss_total.item()
     return {
         "valid_loss": loss_sum / max(1, len(targets)),
         "valid_accuracy": sum(p == t for p, t in zip(predicted, targets, strict=True))
@@ -90,24 +106,25 @@ def evaluate_classifier(
     }
 
 
-def cached_classifier(location: str, device: torch.device) -> tuple[Any, Any]:
+def load_for_serving(location: str, device: torch.device) -> tuple[Any, Any]:
+    """(classifier, tokenizer) ready to serve: eval mode, 16-bit weights on a GPU."""
+    model = load_classifier(location, device, None, inference_dtype(device)).eval()
+    return model, load_tokenizer(location)
+
+
+_cache = ModelCache(load_for_serving, lambda: CACHE_SIZE)
+
+
+def cached_classifier(location: str) -> tuple[Any, Any]:
     """(model, tokenizer) for location, least recently used evicted."""
-    with _cache_lock:
-        if location in _cache:
-            _cache.move_to_end(location)
-            return _cache[location]
-        model = load_classifier(location, device, None).eval()
-        entry = (model, load_tokenizer(location))
-        _cache[location] = entry
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
-        return entry
+    return _cache.get(location)
 
 
 @torch.no_grad()
-def classify(location: str, texts: list[str], device: torch.device) -> list[dict[str, Any]]:
+def classify(location: str, texts: list[str]) -> list[dict[str, Any]]:
     """The label and per-label probabilities for each text."""
-    model, tokenizer = cached_classifier(location, device)
+    model, tokenizer = cached_classifier(location)
+    device = model.device
     context = model.config.n_positions
     # Keep the start, as training does (classification_examples cuts at max_length).
     rows = [ids[:context] or [tokenizer.eos_token_id] for ids in tokenize_records(texts, tokenizer)]

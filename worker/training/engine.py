@@ -21,6 +21,7 @@ from worker.training.checkpoints import (
     read_checkpoint_info,
     save_checkpoint,
 )
+from worker.training.device import peak_bytes, pick_device, release_memory, reset_peak
 from worker.training.examples import Examples, as_examples
 from worker.training.methods import Exportable, copy_model_files
 from worker.training.results import (
@@ -30,8 +31,8 @@ from worker.training.results import (
     should_stop_early,
     update_best,
 )
-from worker.training.run_state import Progress, Run, pick_device, setup_run, training_state
-from worker.training.step import evaluate, optimizer_step
+from worker.training.run_state import Progress, Run, setup_run, training_state
+from worker.training.step import evaluate, micro_batch_size, optimizer_step
 
 
 @dataclass
@@ -69,8 +70,7 @@ def save_final_model(run: Run, final_dir: Path, source: Path | None = None) -> P
 def flush_accuracy(progress: Progress, window: list[Any]) -> float:
     """Token accuracy over the window's steps (one GPU sync), else the last logged one."""
     if window:
-        correct = torch.stack([c for c, _ in window]).sum().item()
-        counted = torch.stack([n for _, n in window]).sum().item()
+        correct, counted = torch.stack([torch.stack([c, n]) for c, n in window]).sum(0).tolist()
         progress.last_train_accuracy = correct / max(1, counted)
         window.clear()
     return progress.last_train_accuracy
@@ -134,28 +134,48 @@ def start_loop(
     callbacks: TrainingCallbacks,
     resume_from: Path | None,
     device: str | None,
-    log_every_steps: int,
+    log_every_steps: int | None,
+    micro_batch_limit: int | None,
 ) -> Loop:
     """Set the run up (fresh or resumed) and announce where training starts."""
     if not train_blocks:
         raise ValueError("no training blocks: plan_training should have refused this corpus")
     steps_per_epoch = math.ceil(len(train_blocks) / spec.batch_size)
-    run = setup_run(spec, steps_per_epoch * spec.n_epochs, pick_device(device), resume_from)
-    if run.accumulation and run.accumulation != spec.gradient_accumulation_steps:
-        spec = spec.model_copy(update={"gradient_accumulation_steps": run.accumulation})
-        callbacks.on_message(
-            f"batch_size {spec.batch_size} does not fit in one pass on {run.device}: "
-            f"{run.accumulation} accumulated micro-batches per step"
-        )
     # Packed blocks (lists of ids) or per-record Examples: batched the same way by index.
     data, valid = as_examples(train_blocks), as_examples(valid_blocks)
-    loop = Loop(run, spec, data, valid, callbacks, checkpoints_dir, steps_per_epoch,
-                log_every_steps)  # fmt: skip
+    run_device = pick_device(device)
+    reset_peak(run_device)
+    total_steps = steps_per_epoch * spec.n_epochs
+    run = setup_run(spec, total_steps, run_device, resume_from, data, micro_batch_limit)
+    spec = announce_micro_batch(run, spec, callbacks)
+    # A logged loss waits for the GPU to finish: on one, log every 10 steps unless told.
+    every = log_every_steps or (10 if run.device.type == "cuda" else 1)
+    loop = Loop(run, spec, data, valid, callbacks, checkpoints_dir, steps_per_epoch, every)
     # A resume of a finished last epoch goes straight to saving: report that epoch's metrics.
     loop.metrics = read_checkpoint_info(resume_from) if resume_from else {}
     where = f"from step {run.progress.global_step}" if resume_from else "from the start"
     callbacks.on_message(f"Training {spec.model} on {run.device} {where}: {loop.total_steps} steps")
     return loop
+
+
+def announce_micro_batch(
+    run: Run, spec: TrainingSpec, callbacks: TrainingCallbacks
+) -> TrainingSpec:
+    """The spec with the accumulation the micro-batch needs, told to the event log."""
+    if run.accumulation and run.accumulation != spec.gradient_accumulation_steps:
+        spec = spec.model_copy(update={"gradient_accumulation_steps": run.accumulation})
+        text = (
+            f"batch_size {spec.batch_size} does not fit in one pass on {run.device}: "
+            f"{run.accumulation} accumulated micro-batches of {micro_batch_size(spec)} per step"
+        )
+    elif run.probed:
+        text = f"batch_size {spec.batch_size} fits in one pass on {run.device}"
+    else:
+        return spec
+    accumulation = spec.gradient_accumulation_steps
+    data = {"micro_batch_size": micro_batch_size(spec), "gradient_accumulation_steps": accumulation}
+    callbacks.on_message(text, {**data, "probed": run.probed})
+    return spec
 
 
 def stop_requested(loop: Loop, reason: StopReason) -> TrainResult:
@@ -170,6 +190,44 @@ def stop_requested(loop: Loop, reason: StopReason) -> TrainResult:
         }
         write_checkpoint(loop.run, loop.checkpoints_dir, loop.callbacks, loop.metrics)
     return TrainResult(reason, progress.global_step, progress.tokens_seen, loop.metrics, None)
+
+
+def step_or_out_of_memory(
+    run: Run, batch: dict[str, torch.Tensor] | Any, spec: TrainingSpec
+) -> tuple[torch.Tensor, float, Any, torch.Tensor] | None:
+    """optimizer_step, or None when the device ran out of memory (its tensors then freed)."""
+    try:
+        return optimizer_step(run, batch, spec)
+    except torch.OutOfMemoryError:
+        # Leaving this frame drops the traceback, and with it every activation of the step.
+        return None
+    finally:
+        del batch
+
+
+def stop_for_memory(loop: Loop) -> TrainResult:
+    """Out of memory mid-run (another process grew on the GPU): checkpoint the last full step.
+
+    The caller requeues the job with a smaller micro-batch; final_metrics carries the one that
+    failed. The failed step changed nothing: its gradients are dropped, the optimizer and the
+    position are where the last full step left them.
+    """
+    run, progress, micro = loop.run, loop.run.progress, micro_batch_size(loop.spec)
+    run.optimizer.zero_grad(set_to_none=True)
+    release_memory(run.device)
+    saved = "nothing to checkpoint yet"
+    if progress.global_step > 0:
+        write_resume_checkpoint(loop)
+        saved = f"checkpointed at step {progress.global_step}"
+    loop.callbacks.on_message(
+        f"Out of memory on {run.device} in step {progress.global_step + 1} with micro-batch "
+        f"{micro}: {saved}",
+        {"micro_batch_size": micro, "step": progress.global_step},
+    )
+    memory: dict[str, float] = {"micro_batch_size": micro}
+    return TrainResult(
+        StopReason.out_of_memory, progress.global_step, progress.tokens_seen, memory, None
+    )
 
 
 def next_batch_index(loop: Loop) -> torch.Tensor:
@@ -269,7 +327,7 @@ def evaluate_and_report(loop: Loop) -> dict[str, float]:
     if not len(loop.valid):
         loop.callbacks.on_message(f"{done} train_loss {metrics['train_loss']:.2f}", dict(metrics))
         return metrics
-    evaluation = evaluate(loop.run, loop.valid, loop.spec.batch_size)
+    evaluation = evaluate(loop.run, loop.valid, micro_batch_size(loop.spec))
     loop.callbacks.on_eval(progress.global_step, {**metrics, **evaluation})
     loop.callbacks.on_message(f"{done} valid_loss {evaluation['valid_loss']:.2f}", evaluation)
     return {**metrics, **evaluation}
@@ -315,7 +373,9 @@ def sample_prompts(run: Run, spec: TrainingSpec, callbacks: TrainingCallbacks) -
     if not prompts or spec.task == "classification":
         return  # a classifier has no text to generate
     step = run.progress.global_step
-    samples = sample_continuations(run.model, run.tokenizer, prompts, run.device, spec.seed + step)
+    samples = sample_continuations(
+        run.model, run.tokenizer, prompts, run.device, spec.seed + step, run.amp_dtype
+    )
     for prompt, (text, ids) in zip(prompts, samples, strict=True):
         callbacks.on_message(
             f"Sample at step {step}: {prompt!r} -> {text!r}",
@@ -335,7 +395,7 @@ def final_results(
         # No sample prompts: a few unconditioned generations still measure memorization.
         unconditioned = [""] * 4
         samples = sample_continuations(
-            run.model, run.tokenizer, unconditioned, run.device, spec.seed
+            run.model, run.tokenizer, unconditioned, run.device, spec.seed, run.amp_dtype
         )
         sampled = [ids for _, ids in samples]
     final: dict[str, Any] = dict(metrics)
@@ -354,6 +414,9 @@ def finish_training(loop: Loop, final_dir: Path) -> TrainResult:
     """Final figures, then the kept weights (best or last) saved as the fine-tuned model."""
     run, spec, progress = loop.run, loop.spec, loop.run.progress
     final = final_results(run, spec, loop.data, loop.metrics, loop.early_stopped)
+    peak = peak_bytes(run.device)
+    if peak is not None:
+        final["peak_memory_bytes"] = peak
     best = progress.best_step if final["kept"] == "best" else None
     source = loop.checkpoints_dir / checkpoint_name(best) if best is not None else None
     model_dir = save_final_model(run, final_dir, source)
@@ -373,11 +436,16 @@ def train(
     callbacks: TrainingCallbacks,
     resume_from: Path | None = None,
     device: str | None = None,
-    log_every_steps: int = 1,
+    log_every_steps: int | None = None,
+    micro_batch_limit: int | None = None,
 ) -> TrainResult:
-    """Fine-tune spec.model on train_blocks; evaluate and checkpoint every epoch; stop when told."""
+    """Fine-tune spec.model on train_blocks; evaluate and checkpoint every epoch; stop when told.
+
+    log_every_steps None: every step on CPU, every 10 on a GPU. micro_batch_limit: the most
+    examples per forward pass (a retry after running out of memory passes a smaller one).
+    """
     loop = start_loop(spec, train_blocks, valid_blocks, checkpoints_dir, callbacks, resume_from,
-                      device, log_every_steps)  # fmt: skip
+                      device, log_every_steps, micro_batch_limit)  # fmt: skip
     run, progress = loop.run, loop.run.progress
     while progress.global_step < loop.total_steps and not loop.early_stopped:
         # stop requested: checked before every step, so a cancel waits for one step at most
@@ -389,8 +457,12 @@ def train(
         index = next_batch_index(loop)
         batch = loop.data.batch(index, run.device)
 
-        # forward/backward over the micro-batches, then one optimizer step
-        loss, learning_rate, accuracy, grad_norm = optimizer_step(run, batch, loop.spec)
+        # forward/backward over the micro-batches, then one optimizer step (or out of memory)
+        stepped = step_or_out_of_memory(run, batch, loop.spec)
+        del batch
+        if stepped is None:
+            return stop_for_memory(loop)
+        loss, learning_rate, accuracy, grad_norm = stepped
         count_step(loop, index, loss, accuracy)
 
         # log

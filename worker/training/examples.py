@@ -28,7 +28,7 @@ class Examples:
     def batch(self, index: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
         """Model inputs for the rows in index, on device."""
         if self.attention_mask is None:
-            ids = self.input_ids[index].to(device, non_blocking=True)
+            ids = to_device(self.input_ids[index], device)
             return {"input_ids": ids, "labels": ids}
         assert self.labels is not None
         mask = self.attention_mask[index]
@@ -38,13 +38,13 @@ class Examples:
         labels = self.labels[index]
         if labels.dim() == 2:
             labels = labels[:, first:last]
-        mask = mask[:, first:last].to(device, non_blocking=True)
+        mask = to_device(mask[:, first:last], device)
         return {
-            "input_ids": self.input_ids[index][:, first:last].to(device, non_blocking=True),
+            "input_ids": to_device(self.input_ids[index][:, first:last], device),
             "attention_mask": mask,
             # GPT-2 numbers positions 0..n-1 from the first slot; padding must not shift them.
             "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
-            "labels": labels.to(device, non_blocking=True),
+            "labels": to_device(labels, device),
         }
 
     def tokens(self) -> int:
@@ -67,6 +67,16 @@ class Examples:
             return None if t is None else t[index]
 
         return Examples(self.input_ids[index], pick(self.attention_mask), pick(self.labels))
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """tensor on device; to a GPU from pinned memory, so the copy does not stall the host.
+
+    (non_blocking from ordinary pageable memory is a synchronous copy in disguise.)
+    """
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def blocks_to_examples(blocks: Sequence[Sequence[int]]) -> Examples:

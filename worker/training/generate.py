@@ -1,39 +1,34 @@
 """Completions from a base or fine-tuned model, OpenAI-shaped, with a small model cache."""
 
-import threading
 import time
-from collections import OrderedDict
 from typing import Any
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from shared.settings import get_settings
+from worker.training.device import inference_dtype
+from worker.training.model_cache import ModelCache
 from worker.training.model_loading import load_causal_lm, load_tokenizer
-from worker.training.run_state import pick_device
 
-_cache: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
-_cache_lock = threading.Lock()
+
+def load_for_serving(location: str, device: torch.device) -> tuple[Any, Any]:
+    """(model, tokenizer) ready to generate: eval mode, 16-bit weights on a GPU."""
+    model = load_causal_lm(location, device, inference_dtype(device)).eval()
+    return model, load_tokenizer(location)
+
+
+_cache = ModelCache(load_for_serving, lambda: get_settings().inference_cache_size)
 
 
 def cached_model(location: str) -> tuple[Any, Any]:
     """(model, tokenizer) for location, loading it and evicting the least recently used."""
-    with _cache_lock:
-        if location in _cache:
-            _cache.move_to_end(location)
-            return _cache[location]
-        model = load_causal_lm(location, pick_device(None)).eval()
-        tokenizer = load_tokenizer(location)
-        _cache[location] = (model, tokenizer)
-        while len(_cache) > get_settings().inference_cache_size:
-            _cache.popitem(last=False)
-        return model, tokenizer
+    return _cache.get(location)
 
 
 def clear_cache() -> None:
     """Forget every loaded model (tests; a model folder that changed on disk)."""
-    with _cache_lock:
-        _cache.clear()
+    _cache.clear()
 
 
 def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:

@@ -1,6 +1,7 @@
 """Training methods: full fine-tuning, transfer (top blocks only) and LoRA adapters."""
 
 import copy
+import itertools
 import shutil
 from pathlib import Path
 from typing import Any
@@ -98,10 +99,25 @@ class Exportable:
             self.model.save_pretrained(folder)
             return
         self.model.save_pretrained(folder / ADAPTER_DIR)
-        # A copy to merge: the live model keeps training with its adapter unmerged.
-        merged = copy.deepcopy(self.model).merge_and_unload()
+        # A copy to merge: the live model keeps training with its adapter unmerged. On the
+        # CPU: a GPU copy would need a second model's worth of GPU memory at every checkpoint.
+        merged = cpu_copy(self.model).merge_and_unload()
         merged.save_pretrained(folder)
         del merged
+
+
+def cpu_copy(model: Any) -> Any:
+    """A deep copy of model with every parameter and buffer copied to the CPU, never the GPU.
+
+    deepcopy takes each tensor from the memo: shared (tied) weights stay shared in the copy.
+    """
+    memo: dict[int, Any] = {}
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        copied = tensor.detach().to("cpu", copy=True)
+        if isinstance(tensor, torch.nn.Parameter):
+            copied = torch.nn.Parameter(copied, requires_grad=tensor.requires_grad)
+        memo[id(tensor)] = copied
+    return copy.deepcopy(model, memo)
 
 
 def copy_model_files(checkpoint: Path, final_dir: Path) -> None:

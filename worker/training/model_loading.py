@@ -131,9 +131,13 @@ def load_tokenizer(location: str) -> Any:
     return tokenizer
 
 
-def load_causal_lm(location: str, device: str | torch.device) -> Any:
-    """The model in float32 on device (mixed precision comes from autocast), SDPA attention."""
-    model: Any = AutoModelForCausalLM.from_pretrained(location, **model_load_kwargs())
+def load_causal_lm(
+    location: str, device: str | torch.device, dtype: torch.dtype = torch.float32
+) -> Any:
+    """The model on device, SDPA attention; float32 to train (autocast adds 16-bit compute)."""
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        location, **{**model_load_kwargs(), "dtype": dtype}
+    )
     return model.to(device)
 
 

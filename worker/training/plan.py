@@ -243,20 +243,24 @@ def method_summary(spec: TrainingSpec) -> dict[str, Any]:
         shape.vocab * shape.width if method.training_method == "transfer" else trainable
         if method.training_method == "lora" else 0
     )  # fmt: skip
-    micro = math.ceil(spec.batch_size / spec.gradient_accumulation_steps)
-    amp = torch_cuda_available()
+    # With the probe on (CUDA), the batch may run as accumulated micro-batches down to 1
+    # example: a job fits when one example does, and the probe finds the largest that fits.
+    gpu = trains_on_gpu()
+    accumulation = spec.gradient_accumulation_steps
+    micro = 1 if spec.probe_micro_batch and gpu else math.ceil(spec.batch_size / accumulation)
+    length = spec.max_length or spec.block_size
+    outputs = len(spec.labels) if spec.task == "classification" and spec.labels else None
+    memory = estimate(shape, method.training_method, trainable, micro, length, gpu, outputs)
     return {
         "training_method": method.training_method,
         "trainable_parameters": trainable,
         "total_parameters": total,
-        "memory_estimate": estimate(
-            shape, method.training_method, trainable, micro, spec.max_length or spec.block_size, amp
-        ),
+        "memory_estimate": memory,
     }
 
 
-def torch_cuda_available() -> bool:
-    """Whether training will use CUDA (and so autocast to 16-bit activations)."""
-    import torch
+def trains_on_gpu() -> bool:
+    """Whether this worker trains on CUDA (and so autocasts to 16-bit activations)."""
+    from worker.training.device import pick_device
 
-    return torch.cuda.is_available()
+    return pick_device().type == "cuda"

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from worker.training.examples import pad_left
+
 # A generation holding 8 consecutive training tokens verbatim counts as memorized text.
 MEMORIZATION_NGRAM = 8
 # Sampled continuations are short: enough to show style, cheap on CPU.
@@ -90,34 +92,44 @@ def memorization_fraction(
 
 @torch.no_grad()
 def sample_continuations(
-    model: Any, tokenizer: Any, prompts: Sequence[str], device: torch.device, seed: int
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    device: torch.device,
+    seed: int,
+    amp_dtype: torch.dtype | None = None,
 ) -> list[tuple[str, list[int]]]:
-    """(text, new token ids) per prompt: seeded sampling, so reruns show the same text."""
+    """(text, new token ids) per prompt: seeded sampling, so reruns show the same text.
+
+    All prompts in one batch (left-padded), in amp_dtype on a GPU.
+    """
+    if not prompts:
+        return []
     was_training = model.training
     model.eval()
-    generator_state = torch.get_rng_state()
-    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    torch.manual_seed(seed)
-    results = []
+    eos = tokenizer.eos_token_id
+    rows = [tokenizer(prompt).input_ids or [eos] for prompt in prompts]
+    ids, mask = pad_left(rows, eos)
+    # fork_rng: sampling must not shift the training run's random stream (exact resume).
+    devices = [device] if device.type == "cuda" else []
     try:
-        for prompt in prompts:
-            ids = tokenizer(prompt, return_tensors="pt").input_ids if prompt else None
-            if ids is None or ids.shape[1] == 0:
-                ids = torch.tensor([[tokenizer.eos_token_id]])
+        with (
+            torch.random.fork_rng(devices=devices),
+            torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None),
+        ):
+            torch.manual_seed(seed)
             output = model.generate(
                 input_ids=ids.to(device),
-                attention_mask=torch.ones_like(ids).to(device),
+                attention_mask=mask.to(device),
                 max_new_tokens=SAMPLE_TOKENS,
                 do_sample=True,
                 top_k=50,
-                pad_token_id=tokenizer.eos_token_id,
+                pad_token_id=eos,
             )
-            new_ids = output[0, ids.shape[1] :].tolist()
-            results.append((tokenizer.decode(new_ids, skip_special_tokens=True), new_ids))
     finally:
-        # Sampling must not shift the training run's random stream (resume reproducibility).
-        torch.set_rng_state(generator_state)
-        if cuda_state is not None:
-            torch.cuda.set_rng_state_all(cuda_state)
         model.train(was_training)
+    results = []
+    for row in output[:, ids.shape[1] :].tolist():
+        new_ids = row[: row.index(eos) + 1] if eos in row else row
+        results.append((tokenizer.decode(new_ids, skip_special_tokens=True), new_ids))
     return results

@@ -1,5 +1,6 @@
 """A run's state: device, model, optimizer, scheduler, scaler, data order, and its resume."""
 
+import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from worker.training.checkpoints import (
     restore_rng_state,
 )
 from worker.training.classify import load_for_task
+from worker.training.device import enable_fast_matmul, pick_amp_dtype
+from worker.training.examples import Examples
 from worker.training.model_loading import load_tokenizer
 from worker.training.probe import accumulation_for, probe_micro_batch
 from worker.training.results import BestState
@@ -52,22 +55,11 @@ class Run:
     amp_dtype: torch.dtype | None
     order_generator: torch.Generator
     progress: Progress
-    # Set when batch_size "auto" probed the micro-batch on CUDA: the accumulation it needs.
+    # Set when the micro-batch had to shrink (the CUDA probe, or a retry after running out
+    # of memory): the accumulation steps that reach batch_size with it.
     accumulation: int | None = None
-
-
-def pick_device(device: str | None) -> torch.device:
-    """The requested device, else cuda when present, else cpu."""
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def pick_amp_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 where the GPU has it, fp16 (with a GradScaler) on older GPUs, fp32 on CPU."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # True when batch_size "auto" had the CUDA probe try the micro-batch.
+    probed: bool = False
 
 
 def seed_everything(seed: int) -> None:
@@ -86,13 +78,40 @@ def build_optimizer(model: Any, spec: TrainingSpec) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": spec.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=spec.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+    # fused: one kernel for every parameter's update on CUDA instead of a dozen per tensor.
+    fused = all(p.is_cuda for p in params) and bool(params)
+    return torch.optim.AdamW(
+        groups, lr=spec.learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=fused or None
+    )
+
+
+def choose_micro_batch(
+    run: Run, spec: TrainingSpec, examples: Examples, limit: int | None
+) -> int | None:
+    """The accumulation a smaller micro-batch needs (the probe's, or at most limit), else None.
+
+    limit: the micro-batch a previous attempt ran out of memory with, halved.
+    """
+    micro = math.ceil(spec.batch_size / spec.gradient_accumulation_steps)
+    ceiling = min(micro, limit) if limit else micro
+    if spec.probe_micro_batch and run.device.type == "cuda":
+        ceiling = probe_micro_batch(run.model, examples, run.device, run.amp_dtype, ceiling)
+        run.probed = True
+    if ceiling >= micro:
+        return None
+    return accumulation_for(spec.batch_size, ceiling)
 
 
 def setup_run(
-    spec: TrainingSpec, total_steps: int, device: torch.device, resume_from: Path | None
+    spec: TrainingSpec,
+    total_steps: int,
+    device: torch.device,
+    resume_from: Path | None,
+    examples: Examples,
+    micro_batch_limit: int | None = None,
 ) -> Run:
     """Load the model (base or checkpoint) and build optimizer, scheduler and scaler."""
+    enable_fast_matmul(device)
     model = load_for_task(spec, device, resume_from)
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -108,12 +127,9 @@ def setup_run(
     progress = Progress(order_state=order_generator.get_state())
     run = Run(model, tokenizer, optimizer, scheduler, scaler, device, amp_dtype, order_generator,
               progress)  # fmt: skip
-    if spec.probe_micro_batch and device.type == "cuda":
-        length = spec.max_length or spec.block_size
-        micro = probe_micro_batch(model, device, amp_dtype, length, spec.batch_size)
-        run.accumulation = accumulation_for(spec.batch_size, micro)
+    run.accumulation = choose_micro_batch(run, spec, examples, micro_batch_limit)
     if resume_from is None:
-        # Seed after loading: the data order and dropout then depend on spec.seed only.
+        # Seed after loading and probing: data order and dropout depend on spec.seed only.
         seed_everything(spec.seed)
     else:
         restore_training_state(run, load_training_state(resume_from))
@@ -126,7 +142,7 @@ def training_state(run: Run) -> dict[str, Any]:
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "progress": asdict(run.progress),
-        "rng": capture_rng_state(),
+        "rng": capture_rng_state(run.device),
     }
     if run.scaler.is_enabled():
         state["scaler"] = run.scaler.state_dict()
@@ -141,4 +157,4 @@ def restore_training_state(run: Run, state: dict[str, Any]) -> None:
         run.scaler.load_state_dict(state["scaler"])
     run.progress = Progress(**state["progress"])
     run.order_generator.set_state(run.progress.order_state)
-    restore_rng_state(state["rng"])
+    restore_rng_state(state["rng"], run.device)

@@ -17,6 +17,11 @@ def autocast(run: Run) -> torch.autocast:
     return torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None)
 
 
+def micro_batch_size(spec: TrainingSpec) -> int:
+    """Examples per forward pass: what fits in memory for training fits for evaluation too."""
+    return math.ceil(spec.batch_size / spec.gradient_accumulation_steps)
+
+
 def micro_batches(batch: Any, accumulation: int) -> list[dict[str, torch.Tensor]]:
     """The batch (a tensor of blocks or a dict of model inputs) cut into accumulation pieces."""
     inputs = batch if isinstance(batch, dict) else {"input_ids": batch, "labels": batch}
@@ -67,7 +72,8 @@ def evaluate(run: Run, blocks: Any, batch_size: int) -> dict[str, float]:
     if examples.labels is not None and examples.labels.dim() == 1:
         return evaluate_classifier(run.model, examples, batch_size, run.device, autocast(run))
     run.model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
+    # Sums stay on the device: one GPU sync for the whole evaluation, not three per batch.
+    sums = torch.zeros(3, device=run.device, dtype=torch.float64)
     for start in range(0, len(examples), batch_size):
         index = torch.arange(start, min(start + batch_size, len(examples)))
         batch = examples.batch(index, run.device)
@@ -75,17 +81,18 @@ def evaluate(run: Run, blocks: Any, batch_size: int) -> dict[str, float]:
         with autocast(run):
             logits = run.model(**batch).logits
         logits, targets = logits[:, :-1].float(), labels[:, 1:]
-        loss_sum += F.cross_entropy(
+        loss = F.cross_entropy(
             logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
-        ).item()
+        )
         counted = targets != IGNORE
-        correct += int(((logits.argmax(-1) == targets) & counted).sum().item())
-        count += int(counted.sum().item())
+        correct = ((logits.argmax(-1) == targets) & counted).sum()
+        sums += torch.stack([loss.double(), correct.double(), counted.sum().double()])
     run.model.train()
-    valid_loss = loss_sum / max(1, count)
+    loss_sum, correct_sum, count_sum = sums.tolist()
+    valid_loss = loss_sum / max(1, count_sum)
     return {
         "valid_loss": valid_loss,
         # Capped: exp() of a diverged loss would overflow a float.
         "valid_perplexity": math.exp(min(valid_loss, 50.0)),
-        "valid_mean_token_accuracy": correct / max(1, count),
+        "valid_mean_token_accuracy": correct_sum / max(1, count_sum),
     }

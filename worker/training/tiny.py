@@ -28,6 +28,17 @@ def load_bpe_tokenizer(tokenizer_dir: Path) -> GPT2TokenizerFast:
 
 def build_tiny_gpt2(dest: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
     """Save gpt2-tiny (weights, config, tokenizer) to dest unless it is already there."""
+    description = (
+        "Smoke-test model: GPT-2 architecture, 2 layers, random weights. "
+        "Not pretrained; its text is noise until fine-tuned."
+    )
+    return build_random_gpt2(dest, tokenizer_dir, TINY_CONFIG, description, seed)
+
+
+def build_random_gpt2(
+    dest: Path, tokenizer_dir: Path, shape: dict[str, Any], description: str, seed: int = 0
+) -> Path:
+    """A randomly initialised GPT-2 of shape (n_layer, n_embd, ...) saved to dest, once."""
     if (dest / "config.json").is_file():
         return dest
     tokenizer = load_bpe_tokenizer(tokenizer_dir)
@@ -36,18 +47,17 @@ def build_tiny_gpt2(dest: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        **TINY_CONFIG,
+        **shape,
     )
     model = GPT2LMHeadModel(config)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".gpt2-tiny-", dir=dest.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     staging.chmod(0o755)
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         metadata = {
-            "description": "Smoke-test model: GPT-2 architecture, 2 layers, random weights. "
-            "Not pretrained; its text is noise until fine-tuned.",
+            "description": description,
             # Random weights need a far larger step than a pretrained GPT-2 to move in a few epochs.
             "base_learning_rate": 1e-3,
         }
