@@ -77,7 +77,7 @@ def test_classification_learns_an_easy_two_label_set(models_dir: Path, tmp_path:
     assert sum(answers[0]["probabilities"].values()) == pytest.approx(1.0)
     # Alone, neither text is padded: the batch's left padding must not change an answer.
     for text, batched in zip([POSITIVE[0], NEGATIVE[3]], answers, strict=True):
-        (alone,) = classify(str(model_dir), [text], torch.device("cpu"))
+        (alone,) = classify(str(model_dir), [text])
         assert alone["probabilities"] == pytest.approx(batched["probabilities"], abs=1e-5)
 
 
