@@ -310,3 +310,80 @@ class CompletionOut(BaseModel):
     choices: list[ChoiceOut]
     usage: dict[str, int] | None = None
     system_fingerprint: str | None = None
+
+
+class TextPart(BaseModel):
+    """OpenAI's text content part; the parts of a message's content are joined."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessageIn(BaseModel):
+    """One message of a chat request; "developer" (OpenAI's newer "system") renders as system."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+
+class ChatCompletionCreate(BaseModel):
+    """OpenAI's chat completion body (non-streaming) plus top_k."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "gpt2-tiny",
+                    "messages": [{"role": "user", "content": "Tell me a joke."}],
+                    "max_completion_tokens": 32,
+                }
+            ]
+        },
+    )
+    model: str
+    messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
+    # Either name works; None means CHAT_DEFAULT_MAX_TOKENS (api/routes/chat.py).
+    max_tokens: Annotated[int, Field(ge=1, le=2048)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=2048)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
+    top_p: Annotated[float, Field(ge=0, le=1)] = 1.0
+    n: Annotated[int, Field(ge=1, le=16)] = 1
+    stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None
+    seed: int | None = None
+    top_k: Annotated[int, Field(ge=0, le=50_000)] | None = None
+    stream: Literal[False] | None = None
+    logprobs: Literal[False] | None = None
+    user: str | None = None
+
+
+class ChatMessageOut(BaseModel):
+    """The assistant's reply."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str
+    refusal: str | None = None
+
+
+class ChatChoiceOut(BaseModel):
+    """One reply; finish_reason "stop" at the end of the turn or a stop sequence."""
+
+    index: int
+    message: ChatMessageOut
+    finish_reason: str
+    logprobs: dict[str, Any] | None = None
+
+
+class ChatCompletionOut(BaseModel):
+    """OpenAI's chat.completion."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoiceOut]
+    usage: dict[str, int] | None = None
+    system_fingerprint: str | None = None

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from shared.catalog import BaseModelEntry
+from shared.chat import CHAT_TEMPLATE
 from shared.settings import get_settings
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -124,10 +125,16 @@ def model_load_kwargs() -> dict[str, Any]:
 
 
 def load_tokenizer(location: str) -> Any:
-    """The model's tokenizer; GPT-2 has no pad token, so EOS doubles as one."""
+    """The model's tokenizer; GPT-2 has no pad token, so EOS doubles as one.
+
+    A tokenizer without a chat template gets gpt2ft's (shared/chat.py), so every checkpoint
+    and model saved with it serves apply_chat_template as the chat route renders prompts.
+    """
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False, **_load_kwargs())
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
 
