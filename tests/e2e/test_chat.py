@@ -115,3 +115,14 @@ def test_chat_on_the_base_model_and_refusals(client, service: Service) -> None:
     )
     assert error["param"] == "messages[0].content"
     assert refused({"model": "nope", "messages": hi})["param"] == "model"
+
+    # A dry run plans a chat job: examples and tokens, nothing stored.
+    content = json.dumps(conversation("Is 1 less than 2?", " yes.")).encode() + b"\n"
+    training = client.files.create(file=("one.jsonl", io.BytesIO(content)), purpose="fine-tune")
+    body = {"model": "gpt2-tiny", "training_file": training.id, "dry_run": True}
+    answer = httpx.post(
+        f"{service.url}/v1/fine_tuning/jobs", json=body, headers=headers, timeout=120
+    )
+    assert answer.status_code == 200, answer.text
+    plan = answer.json()["plan"]
+    assert plan["task"] == "chat" and plan["train_examples"] == 1 and plan["train_tokens"] > 20
