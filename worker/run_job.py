@@ -210,21 +210,21 @@ def prepare(
         problem = memory_problem(plan.summary["memory_estimate"], str(pick_device()))
         if problem:
             raise JobFailure("insufficient_memory", problem, None)
-        problem = gpu_count_problem(plan.spec.n_gpus)
+        problem = gpu_count_problem(plan.spec.n_gpus, pick_device().type)
         if problem:
             raise JobFailure("insufficient_gpus", problem, "n_gpus")
     return plan
 
 
-def gpu_count_problem(n_gpus: int) -> str | None:
+def gpu_count_problem(n_gpus: int, device_type: str) -> str | None:
     """Why this worker cannot give the job n_gpus ranks; None when it can.
 
-    A host without CUDA runs the ranks on CPU (gloo): slow, but the same code path.
+    A worker training on the CPU runs the ranks there (gloo): slow, but the same code path.
     """
-    import torch
+    from worker.training.device import gpu_count
 
-    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if n_gpus > 1 and 0 < have < n_gpus:
+    have = gpu_count()
+    if n_gpus > 1 and device_type == "cuda" and have < n_gpus:
         return f"n_gpus {n_gpus}: this worker has {have} GPU{'s' if have > 1 else ''}"
     return None
 

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from worker.training.callbacks import StopReason
+from worker.training.device import pick_device
 
 # Rank 0 saves checkpoints while the others wait at a barrier: a gpt2-xl checkpoint on a
 # slow disk takes minutes, far under this.
@@ -47,7 +48,7 @@ class Ranks:
 def init_group() -> torch.device:
     """Join torchrun's group (env RANK, WORLD_SIZE, LOCAL_RANK); gloo on CPU, NCCL on GPUs."""
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
+    if pick_device().type == "cuda":  # the worker's GPT2FT_DEVICE rule, as for one process
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
         backend = "nccl"
