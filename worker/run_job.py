@@ -210,7 +210,23 @@ def prepare(
         problem = memory_problem(plan.summary["memory_estimate"], str(pick_device()))
         if problem:
             raise JobFailure("insufficient_memory", problem, None)
+        problem = gpu_count_problem(plan.spec.n_gpus, pick_device().type)
+        if problem:
+            raise JobFailure("insufficient_gpus", problem, "n_gpus")
     return plan
+
+
+def gpu_count_problem(n_gpus: int, device_type: str) -> str | None:
+    """Why this worker cannot give the job n_gpus ranks; None when it can.
+
+    A worker training on the CPU runs the ranks there (gloo): slow, but the same code path.
+    """
+    from worker.training.device import gpu_count
+
+    have = gpu_count()
+    if n_gpus > 1 and device_type == "cuda" and have < n_gpus:
+        return f"n_gpus {n_gpus}: this worker has {have} GPU{'s' if have > 1 else ''}"
+    return None
 
 
 def _train_claimed(
@@ -218,6 +234,7 @@ def _train_claimed(
 ) -> TrainedRun:
     """Validate, plan and train in the attempt's scratch folder work; resume from the store."""
     from worker.training.engine import train
+    from worker.training.launch import train_on_ranks
 
     job = _snapshot(lease.job_id)
     record(lease, [f"Validating training file: {job.training_file}"])
@@ -250,7 +267,9 @@ def _train_claimed(
     )
     reporter.best_checkpoint = best
     assert plan.train_examples is not None and plan.valid_examples is not None  # __post_init__
-    result = train(
+    # n_gpus > 1: torchrun ranks in a child process; this process keeps the lease and publishes.
+    run_engine = train if plan.spec.n_gpus == 1 else train_on_ranks
+    result = run_engine(
         plan.spec,
         plan.train_examples,
         plan.valid_examples,
