@@ -266,8 +266,15 @@ class ModelOut(BaseModel):
 StopText = Annotated[str, Field(max_length=64)]
 
 
+class StreamOptions(BaseModel):
+    """OpenAI's stream_options: include_usage adds a last chunk with the usage."""
+
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool | None = None
+
+
 class CompletionCreate(BaseModel):
-    """OpenAI's completion body (non-streaming) plus top_k."""
+    """OpenAI's completion body plus top_k."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -286,8 +293,10 @@ class CompletionCreate(BaseModel):
     seed: int | None = None
     echo: bool = False
     top_k: Annotated[int, Field(ge=0, le=50_000)] | None = None
-    stream: Literal[False] | None = None
-    logprobs: Literal[0] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    # Each token's log-probability and its `logprobs` likeliest alternatives (OpenAI: 0..5).
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     user: str | None = None
 
 
@@ -330,7 +339,7 @@ class ChatMessageIn(BaseModel):
 
 
 class ChatCompletionCreate(BaseModel):
-    """OpenAI's chat completion body (non-streaming) plus top_k."""
+    """OpenAI's chat completion body plus top_k."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -355,8 +364,11 @@ class ChatCompletionCreate(BaseModel):
     stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None
     seed: int | None = None
     top_k: Annotated[int, Field(ge=0, le=50_000)] | None = None
-    stream: Literal[False] | None = None
-    logprobs: Literal[False] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    # Each reply token's log-probability, and its top_logprobs likeliest alternatives (0..20).
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     user: str | None = None
 
 

@@ -1,11 +1,14 @@
 """Chat completions: a conversation rendered with gpt2ft's chat template, then completed.
 
 The prompt is built here (shared/chat.py, the template every fine-tune saves) and sent down
-the completions path, so the limits, the in-flight slots and the deadline are the same.
-Generation ends at the turn's <|endoftext|>, which a completion already stops at.
+the completions path (the same worker request, plain or streamed), so the limits, the
+in-flight slots and the deadline are the same. Generation ends at the turn's <|endoftext|>,
+which a completion already stops at.
 """
 
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 
 from api.auth import Owner
 from api.errors import ApiError
@@ -18,6 +21,7 @@ from api.schemas import (
     ChatMessageOut,
     CompletionCreate,
 )
+from api.streaming import StreamShape, chat_logprobs, stream_response
 from shared.chat import ChatError, check_content, render_chat
 from shared.ids import new_id, now_ts
 from shared.settings import get_settings
@@ -71,21 +75,45 @@ def as_completion(body: ChatCompletionCreate) -> CompletionCreate:
     )
 
 
+def check_streaming_and_logprobs(body: ChatCompletionCreate) -> None:
+    """400 for options that only mean something beside another one."""
+    if body.stream_options is not None and not body.stream:
+        raise ApiError(
+            400, "stream_options is only allowed with stream: true", param="stream_options"
+        )
+    if body.top_logprobs is not None and not body.logprobs:
+        raise ApiError(
+            400, "top_logprobs is only allowed with logprobs: true", param="top_logprobs"
+        )
+
+
 @router.post(
     "",
     response_model=ChatCompletionOut,
     operation_id="createChatCompletion",
-    summary="Reply to a conversation",
-    responses={503: {"description": "no inference worker answered in time"}},
+    summary="Reply to a conversation (stream=true: Server-Sent Events)",
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        503: {"description": "no inference worker answered in time"},
+    },
 )
-def create_chat_completion(body: ChatCompletionCreate, owner: Owner) -> ChatCompletionOut:
-    """Ask an inference worker for the assistant's next message and wait."""
+async def create_chat_completion(
+    body: ChatCompletionCreate, owner: Owner
+) -> ChatCompletionOut | StreamingResponse:
+    """Ask an inference worker for the assistant's next message: all of it, or streamed."""
+    check_streaming_and_logprobs(body)
     completion = as_completion(body)
     check_generated_tokens(completion)
-    location = model_location(owner, body.model)
-    answer = run_completion(
-        owner, generation_request(completion, location), get_settings().completion_timeout_seconds
-    )
+    location = await run_in_threadpool(model_location, owner, body.model)
+    request = generation_request(completion, location)
+    # The worker's logprobs is the number of alternatives per token; None asks for none.
+    request["logprobs"] = (body.top_logprobs or 0) if body.logprobs else None
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        shape = StreamShape(new_id("chatcmpl"), body.model, chat=True, include_usage=include_usage)
+        return await stream_response(owner, request, shape, body.n)
+    timeout = get_settings().completion_timeout_seconds
+    answer = await run_in_threadpool(run_completion, owner, request, timeout)
     if "error" in answer:
         error = answer["error"] or {}
         raise ApiError(
@@ -96,6 +124,7 @@ def create_chat_completion(body: ChatCompletionCreate, owner: Owner) -> ChatComp
             index=choice["index"],
             message=ChatMessageOut(content=choice["text"]),
             finish_reason=choice["finish_reason"],
+            logprobs=chat_logprobs(choice.get("logprobs")),
         )
         for choice in answer.get("choices", [])
     ]

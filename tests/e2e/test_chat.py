@@ -61,6 +61,34 @@ def test_chat_fine_tune_then_chat_completions(client, service: Service, tmp_path
     assert choice.message.content == " yes." and choice.finish_reason == "stop"
     assert chat.usage and chat.usage.completion_tokens < 8 and chat.usage.prompt_tokens > 10
 
+    # Streamed: the same reply in chat.completion.chunk deltas, then the usage chunk.
+    stream = client.chat.completions.create(
+        model=job.fine_tuned_model,
+        messages=messages,
+        temperature=0,
+        max_completion_tokens=8,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    deltas = [c.choices[0] for c in chunks if c.choices]
+    assert deltas[0].delta.role == "assistant"
+    assert "".join(d.delta.content or "" for d in deltas) == " yes."
+    assert deltas[-1].finish_reason == "stop"
+    assert chunks[-1].usage and chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
+    # Log probabilities of the reply's tokens, with two alternatives each.
+    scored = client.chat.completions.create(
+        model=job.fine_tuned_model,
+        messages=messages,
+        temperature=0,
+        max_completion_tokens=8,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    tokens = scored.choices[0].logprobs.content
+    assert "".join(t.token for t in tokens) == " yes."
+    assert all(len(t.top_logprobs) == 2 and t.top_logprobs[0].logprob >= t.logprob for t in tokens)
+
     # The downloaded model carries the template: apply_chat_template renders what was served.
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -85,6 +113,11 @@ def test_chat_fine_tune_then_chat_completions(client, service: Service, tmp_path
         pad_token_id=tokenizer.eos_token_id,
     )
     assert tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True) == " yes."
+    # The served first-token logprob is the downloaded model's log-softmax.
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    first = torch.log_softmax(logits, -1)[int(out[0, len(ids)])].item()
+    assert tokens[0].logprob == pytest.approx(first, abs=1e-4)
 
 
 def test_chat_on_the_base_model_and_refusals(client, service: Service) -> None:
