@@ -20,6 +20,7 @@ from api.schemas import (
     ChatCompletionOut,
     ChatMessageOut,
     CompletionCreate,
+    SamplingOptions,
 )
 from api.streaming import StreamShape, chat_logprobs, stream_response
 from shared.chat import ChatError, check_content, render_chat
@@ -62,17 +63,8 @@ def max_tokens(body: ChatCompletionCreate) -> int:
 
 def as_completion(body: ChatCompletionCreate) -> CompletionCreate:
     """The completion request the chat request becomes."""
-    return CompletionCreate(
-        model=body.model,
-        prompt=chat_prompt(body),
-        max_tokens=max_tokens(body),
-        temperature=body.temperature,
-        top_p=body.top_p,
-        n=body.n,
-        stop=body.stop,
-        seed=body.seed,
-        top_k=body.top_k,
-    )
+    shared = body.model_dump(include=set(SamplingOptions.model_fields), exclude_unset=True)
+    return CompletionCreate(**shared, prompt=chat_prompt(body), max_tokens=max_tokens(body))
 
 
 def check_streaming_and_logprobs(body: ChatCompletionCreate) -> None:

@@ -2,13 +2,12 @@
 
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import Service
+from tests.e2e.conftest import Service, download_model
 from tests.e2e.test_sdk_flow import TERMINAL, watch
 
 pytestmark = pytest.mark.e2e
@@ -93,15 +92,7 @@ def test_chat_fine_tune_then_chat_completions(client, service: Service, tmp_path
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    response = httpx.get(
-        f"{service.url}/v1/models/{job.fine_tuned_model}/content",
-        headers={"Authorization": f"Bearer {service.api_key}"},
-        timeout=60,
-    )
-    assert response.status_code == 200, response.text
-    with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
-        tar.extractall(tmp_path, filter="data")
-    (folder,) = list(tmp_path.iterdir())
+    folder = download_model(service, job.fine_tuned_model, tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
     assert tokenizer.decode(ids).endswith("Sure?<|endoftext|>Assistant:\n")
