@@ -5,7 +5,7 @@ from fastapi import APIRouter
 from api.auth import Owner
 from api.errors import ApiError, not_found
 from api.queue import run_completion
-from api.routes.models import find_checkpoint, find_fine_tuned
+from api.routes.models import find_checkpoint, find_fine_tuned, require_available
 from api.schemas import ChoiceOut, CompletionCreate, CompletionOut
 from shared.catalog import find_base_model
 from shared.db.session import session_scope
@@ -20,6 +20,7 @@ def model_location(owner: str, model_id: str) -> str:
     """Where a worker loads model_id from: a base's folder or hub id, or a stored set; else 404."""
     base = find_base_model(model_id, get_settings().resolved_models_dir)
     if base is not None:
+        require_available(base)
         return base.location
     with session_scope() as session:
         model = find_fine_tuned(session, owner, model_id)
