@@ -62,6 +62,8 @@ class Run:
     accumulation: int | None = None
     # True when batch_size "auto" had the CUDA probe try the micro-batch.
     probed: bool = False
+    # Several ranks (torchrun): the DDP wrapper and this rank's place (distributed.py).
+    ranks: Any = None
 
 
 def seed_everything(seed: int) -> None:
