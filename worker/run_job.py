@@ -48,6 +48,14 @@ if TYPE_CHECKING:  # the engine imports torch: only inside the functions that ru
 log = logging.getLogger(__name__)
 
 
+class NotHere(Exception):
+    """The job needs more memory than this worker offers: another worker should run it."""
+
+    def __init__(self, summary: dict[str, Any], offered: int) -> None:
+        super().__init__(f"needs {summary['memory_estimate']['total_bytes']} bytes")
+        self.summary, self.offered = summary, offered
+
+
 class JobFailure(Exception):
     """A job that cannot succeed as submitted; becomes the job's OpenAI-shaped error."""
 
@@ -114,6 +122,11 @@ def run_job(job_id: str, worker_id: str) -> Outcome:
             return OUTCOME_HANDLERS[run.result.stopped](run)
         except LeaseLost:
             return handle_lease_lost(lease)
+        except NotHere as elsewhere:
+            from worker.dispatch import forward
+
+            moved = forward(lease, plan_stats(elsewhere.summary), elsewhere.offered)
+            return Outcome.forwarded if moved else Outcome.lease_lost
         except JobFailure as failure:
             return handle_failure(lease, failure.error)
         except Exception as exc:
@@ -204,10 +217,15 @@ def prepare(
     except PlanError as exc:
         raise JobFailure("invalid_hyperparameters", str(exc), exc.param) from None
     if check_memory:
+        from worker.fleet import capacity_bytes
         from worker.training.device import pick_device
         from worker.training.memory import memory_problem
 
-        problem = memory_problem(plan.summary["memory_estimate"], str(pick_device()))
+        device = pick_device()
+        offered = capacity_bytes(device)
+        if offered is not None and plan.summary["memory_estimate"]["total_bytes"] > offered:
+            raise NotHere(plan.summary, offered)
+        problem = memory_problem(plan.summary["memory_estimate"], str(device))
         if problem:
             raise JobFailure("insufficient_memory", problem, None)
         problem = gpu_count_problem(plan.spec.n_gpus, pick_device().type)

@@ -15,11 +15,15 @@ function baseOf(modelId) {
   return modelId.startsWith("ft:") ? modelId.split(":")[1] : modelId;
 }
 
-function modelOptions(ids, extra) {
+function modelOptions(ids, extra, unavailable = new Map()) {
   const base = ids.filter((id) => !id.startsWith("ft:"));
   const tuned = [...ids.filter((id) => id.startsWith("ft:")), ...extra];
-  const group = (label, list, note = "") =>
-    list.length ? el("optgroup", { label }, list.map((id) => el("option", { value: id }, `${id}${note}`))) : null;
+  // A base model this host cannot load (/v1/models says available: false): shown, not pickable.
+  const option = (id) =>
+    unavailable.has(id)
+      ? el("option", { value: id, disabled: true, title: unavailable.get(id) }, `${id} (not available here)`)
+      : el("option", { value: id }, id);
+  const group = (label, list) => (list.length ? el("optgroup", { label }, list.map(option)) : null);
   return [group("Fine-tuned", tuned), group("Base models", base)].filter(Boolean);
 }
 
@@ -59,7 +63,9 @@ function pick(select, wanted) {
 }
 
 export async function enterPlayground(route) {
-  const models = (await api("/v1/models")).data.map((m) => m.id);
+  const listed = (await api("/v1/models")).data;
+  const models = listed.map((m) => m.id);
+  const unavailable = new Map(listed.filter((m) => m.available === false).map((m) => [m.id, m.unavailable_reason]));
   const requested = [route.model, route.compare].filter(Boolean);
   // A checkpoint of a job still training: its final model is not listed yet, offer it anyway.
   const unlisted = requested
@@ -68,10 +74,10 @@ export async function enterPlayground(route) {
   for (const pane of PANES) {
     const select = $(`play-model-${pane}`);
     const previous = select.value;
-    select.replaceChildren(...modelOptions(models, [...new Set(unlisted)]));
+    select.replaceChildren(...modelOptions(models, [...new Set(unlisted)], unavailable));
     pick(select, previous);
   }
-  const first = route.model || $("play-model-a").value || models.find((id) => id.startsWith("ft:")) || models[0];
+  const first = route.model || $("play-model-a").value || models.find((id) => id.startsWith("ft:")) || models.find((id) => !unavailable.has(id));
   pick($("play-model-a"), first && first.split(CHECKPOINT_MARK)[0]);
   const second = route.compare || (route.model ? baseOf(route.model) : $("play-model-b").value) || baseOf(first || "");
   pick($("play-model-b"), second && second.split(CHECKPOINT_MARK)[0]);
