@@ -261,6 +261,11 @@ class ModelOut(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    # gpt2ft: false for a base model this host cannot load (a catalog name offline and not in
+    # the Hugging Face cache, an incomplete folder); requests on it fail at once with
+    # unavailable_reason (code model_not_available). Fine-tuned models are always true.
+    available: bool = True
+    unavailable_reason: str | None = None
 
 
 StopText = Annotated[str, Field(max_length=64)]

@@ -7,7 +7,7 @@ from fastapi.responses import StreamingResponse
 from api.auth import Owner
 from api.errors import ApiError, not_found
 from api.queue import run_completion
-from api.routes.models import find_checkpoint, find_fine_tuned
+from api.routes.models import find_checkpoint, find_fine_tuned, require_available
 from api.schemas import ChoiceOut, CompletionCreate, CompletionOut
 from api.streaming import StreamShape, completion_logprobs, stream_response
 from shared.catalog import find_base_model
@@ -23,6 +23,7 @@ def model_location(owner: str, model_id: str) -> str:
     """Where a worker loads model_id from: a base's folder or hub id, or a stored set; else 404."""
     base = find_base_model(model_id, get_settings().resolved_models_dir)
     if base is not None:
+        require_available(base)
         return base.location
     with session_scope() as session:
         model = find_fine_tuned(session, owner, model_id)
