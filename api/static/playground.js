@@ -1,5 +1,6 @@
 // Playground: one prompt, one or two models side by side, any checkpoint of a fine-tune.
 import { $, api, el, guarded } from "./lib.js";
+import { streamText } from "./stream.js";
 
 const PANES = ["a", "b"];
 const CHECKPOINT_MARK = ":ckpt-step-";
@@ -121,10 +122,11 @@ async function generate(pane) {
   const started = performance.now();
   const body = completionBody(model);
   try {
-    const result = await api("/v1/completions", { method: "POST", json: body });
-    const choice = result.choices[0];
-    output.replaceChildren(el("b", {}, body.prompt), choice.text);
-    const tokens = result.usage ? `${result.usage.completion_tokens} tokens · ` : "";
+    // Streamed: the text shows as the model writes it.
+    const show = (text) => output.replaceChildren(el("b", {}, body.prompt), text);
+    const choice = await streamText("/v1/completions", body, show);
+    show(choice.text);
+    const tokens = choice.usage ? `${choice.usage.completion_tokens} tokens · ` : "";
     const seconds = ((performance.now() - started) / 1000).toFixed(1);
     meta.textContent = `${model} · ${tokens}finish: ${choice.finish_reason} · ${seconds} s`;
     output.dataset.done = "true";
