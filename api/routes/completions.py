@@ -1,6 +1,7 @@
 """Completions: text from a base model, a fine-tuned model or a checkpoint."""
 
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
 
 from api.auth import Owner
 from api.errors import ApiError, not_found
@@ -75,14 +76,14 @@ def check_generated_tokens(body: CompletionCreate) -> None:
     summary="Generate text",
     responses={503: {"description": "no inference worker answered in time"}},
 )
-def create_completion(body: CompletionCreate, owner: Owner) -> CompletionOut:
-    """Ask an inference worker for text and wait (a plain def: the wait runs in the threadpool)."""
+async def create_completion(body: CompletionCreate, owner: Owner) -> CompletionOut:
+    """Ask an inference worker for text and wait (awaited: the wait holds no thread)."""
     if isinstance(body.prompt, list) and not body.prompt:
         raise ApiError(400, "prompt: give a string or a non-empty list of strings", param="prompt")
     check_generated_tokens(body)
-    location = model_location(owner, body.model)
+    location = await run_in_threadpool(model_location, owner, body.model)
     settings = get_settings()
-    answer = run_completion(
+    answer = await run_completion(
         owner, generation_request(body, location), settings.completion_timeout_seconds
     )
     if "error" in answer:

@@ -4,11 +4,12 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
 from api.auth import Owner
-from api.deps import JobDep, SessionDep
+from api.deps import JobDep, SessionDep, owned_job
 from api.events_stream import event_stream_response
 from api.job_views import checkpoint_out, event_out, job_out
 from api.jobs import build_job, dry_run_plan, metadata_conditions
@@ -16,6 +17,7 @@ from api.pagination import cursor_row, newest_first
 from api.queue import send_training
 from api.schemas import CheckpointOut, EventOut, JobCreate, JobOut, ListPage
 from api.transitions import transition
+from shared.db.session import session_scope
 from shared.db.tables import Checkpoint, Job, JobEvent
 
 log = logging.getLogger(__name__)
@@ -61,9 +63,14 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, operation_id="readJob", summary="Retrieve a job")
-def read_job(job: JobDep) -> JobOut:
-    """One of the caller's jobs."""
-    return job_out(job)
+async def read_job(job_id: str, owner: Owner) -> JobOut:
+    """One of the caller's jobs (the most polled route: one thread hop, one short session)."""
+    return await run_in_threadpool(_read_job, job_id, owner)
+
+
+def _read_job(job_id: str, owner: str) -> JobOut:
+    with session_scope() as session:
+        return job_out(owned_job(job_id, owner, session))
 
 
 @router.post(
