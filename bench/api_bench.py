@@ -193,7 +193,8 @@ def pickup_figures(service: BenchService, repeats: int) -> dict[str, Any]:
     with service.client() as api:
         file_id = upload(api, "pickup.jsonl", [{"text": t} for t in corpus(20_000)])
         times = [run_until_running(api, file_id)[1] for _ in range(repeats)]
-    return {"pickup_s": statistics.median(times), "pickup_all_s": times}
+    # The first job after the worker started also loads the model's tokenizer (then cached).
+    return {"pickup_s": statistics.median(times), "pickup_first_s": times[0], "pickup_all_s": times}
 
 
 def retokenize_figures(service: BenchService) -> dict[str, Any]:
@@ -366,7 +367,7 @@ async def _healthz_under_load(service: BenchService, samples: int) -> dict[str, 
 # --- all together -------------------------------------------------------------------------
 
 PARTS: dict[str, Callable[[BenchService, bool], dict[str, Any]]] = {
-    "pickup": lambda s, quick: pickup_figures(s, 1 if quick else 3),
+    "pickup": lambda s, quick: pickup_figures(s, 3),
     "retokenize": lambda s, quick: retokenize_figures(s),
     "read": lambda s, quick: read_figures(s, 1 if quick else 2, 5 if quick else 10),
     "healthz": lambda s, quick: healthz_figures(s, 100 if quick else 300),
@@ -411,7 +412,8 @@ def table(figures: dict[str, Any]) -> list[tuple[str, str]]:
             f"/healthz p99 ms, {WAITING_COMPLETIONS} completions waiting",
             shown("healthz_p99_ms", ".1f"),
         ),
-        ("job pickup s (create -> running)", shown("pickup_s", ".2f")),
+        ("job pickup s (create -> running), median of 3", shown("pickup_s", ".2f")),
+        ("job pickup s, the worker's first job", shown("pickup_first_s", ".2f")),
         ("tokenize s, first job / second job on the same file", tokenize),
     ]
 

@@ -5,11 +5,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
 
+from api import job_reads
 from api.auth import Owner
-from api.deps import JobDep, SessionDep, owned_job
+from api.deps import JobDep, SessionDep
 from api.events_stream import event_stream_response
 from api.job_views import checkpoint_out, event_out, job_out
 from api.jobs import build_job, dry_run_plan, metadata_conditions
@@ -17,7 +18,6 @@ from api.pagination import cursor_row, newest_first
 from api.queue import send_training
 from api.schemas import CheckpointOut, EventOut, JobCreate, JobOut, ListPage
 from api.transitions import transition
-from shared.db.session import session_scope
 from shared.db.tables import Checkpoint, Job, JobEvent
 
 log = logging.getLogger(__name__)
@@ -63,14 +63,13 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, operation_id="readJob", summary="Retrieve a job")
-async def read_job(job_id: str, owner: Owner) -> JobOut:
-    """One of the caller's jobs (the most polled route: one thread hop, one short session)."""
-    return await run_in_threadpool(_read_job, job_id, owner)
-
-
-def _read_job(job_id: str, owner: str) -> JobOut:
-    with session_scope() as session:
-        return job_out(owned_job(job_id, owner, session))
+async def read_job(job_id: str, owner: Owner) -> Response:
+    """One of the caller's jobs: the route clients poll, so from memory while the database is
+    unchanged (api/job_reads.py), else one thread hop and one short session."""
+    body = job_reads.cached(job_id, owner)
+    if body is None:
+        body = await run_in_threadpool(job_reads.load, job_id, owner)
+    return Response(body, media_type="application/json")
 
 
 @router.post(

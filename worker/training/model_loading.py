@@ -1,5 +1,6 @@
 """Base-model availability and loading: local folders and Hugging Face catalog names."""
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,24 @@ def model_load_kwargs() -> dict[str, Any]:
 
 
 def load_tokenizer(location: str) -> Any:
-    """The model's tokenizer; GPT-2 has no pad token, so EOS doubles as one."""
+    """The model's tokenizer; GPT-2 has no pad token, so EOS doubles as one.
+
+    Kept per process (a job's pickup would otherwise spend a second parsing the same JSON
+    files), until the folder's files change. Callers only read it: nothing sets its options.
+    """
+    return _cached_tokenizer(location, _files_signature(location))
+
+
+def _files_signature(location: str) -> tuple[tuple[str, int, int], ...]:
+    """Names, sizes and modification times of a local folder's files; () for a hub id."""
+    folder = Path(location)
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_tokenizer(location: str, _signature: tuple[tuple[str, int, int], ...]) -> Any:
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False, **_load_kwargs())
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
