@@ -10,6 +10,7 @@ from api.observability import LatencyMiddleware
 from api.observability import router as prometheus_router
 from api.request_guard import RequestGuard
 from api.routes import (
+    chat,
     classifications,
     completions,
     dashboard,
@@ -39,7 +40,7 @@ def create_app() -> FastAPI:
     # balancer polls them), then /v1 (clients poll their jobs first of all).
     app.include_router(health.router)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_owner)], responses=ERROR_RESPONSES)
-    for module in (jobs, files, metrics, models, completions, classifications):
+    for module in (jobs, files, metrics, models, completions, chat, classifications):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(prometheus_router)
