@@ -9,6 +9,7 @@ from cli.bootstrap import migrate_database, run_setup
 from cli.client import files_app, generate, jobs_app, models_app, show_target
 from cli.keys import keys_app
 from cli.watch import watch_job
+from cli.workers import list_workers
 from shared.logging_setup import configure_logging
 from shared.settings import get_settings
 
@@ -24,6 +25,7 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
 app.command("generate")(generate)
 app.command("target")(show_target)
+app.command("workers")(list_workers)
 jobs_app.command("watch")(watch_job)
 
 DEFAULT_PORT = 8000
@@ -46,16 +48,23 @@ def api(
     port: Annotated[int, typer.Option(envvar="PORT", help="TCP port.")] = DEFAULT_PORT,
 ) -> None:
     """Serve the HTTP API (uvicorn, factory api.app:create_app)."""
-    import uvicorn
-
     settings = get_settings()
-    configure_logging(settings.log_level)
     if settings.dev_api_key:
         from shared.keys import ensure_api_key
 
         ensure_api_key(settings.dev_owner, settings.dev_api_key)
+    serve("api.app:create_app", port, host)
+
+
+def serve(factory: str, port: int, host: str = "127.0.0.1") -> None:
+    """Serve the app factory at factory with uvicorn (bench/api_bench.py serves its baseline app
+    through here too, so both run under the same server settings)."""
+    import uvicorn
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
     uvicorn.run(
-        "api.app:create_app",
+        factory,
         factory=True,
         host=host,
         port=port,

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.spec import TrainingSpec
+from worker.training import distributed
 from worker.training.classify import count_targets, evaluate_classifier, prediction_counts
 from worker.training.examples import IGNORE, as_examples
 from worker.training.fused_loss import next_token_loss
@@ -32,18 +33,21 @@ def language_model(model: Any) -> Any:
     return None
 
 
-def forward_loss(run: Run, piece: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
-    """(summed next-token loss, correct count) of one micro-batch; classifiers: (mean, counts).
+def forward_loss(
+    run: Run, model: Any, piece: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, Any]:
+    """(summed loss, correct predictions) of one micro-batch through model.
 
     Causal LMs never build full-vocabulary logits: the body runs under autocast, the loss
-    and its gradients chunk by chunk in the autocast dtype (no KV cache either).
+    and its gradients chunk by chunk in the autocast dtype (no KV cache either). A DDP
+    wrapper (several ranks) must see the forward itself: it takes the model's own loss.
     """
-    lm = language_model(run.model)
+    lm = language_model(model)
     labels = piece["labels"]
     if lm is None or labels.dim() != 2:
         with autocast(run):
             # labels: the model shifts them by one internally.
-            output = run.model(**piece)
+            output = model(**piece)
         counted = count_targets(labels)
         correct = prediction_counts(output.logits.detach(), labels)[0]
         return output.loss * counted, correct
@@ -78,16 +82,21 @@ def optimizer_step(
     # Each piece's mean loss is weighted by its share of predicted tokens: the accumulated
     # gradient then equals the whole batch's, even when the pieces differ in size.
     counted = [count_targets(piece["labels"]) for piece in pieces]
-    total = torch.stack(counted).sum().clamp(min=1)
+    # On several ranks the total is the global one: each rank's loss is its token share.
+    _, total = distributed.count_tokens(run.ranks, counted)
+    total = total.clamp(min=1)
+    model, scale = distributed.forward_model(run), distributed.gradient_scale(run.ranks)
+    last = len(pieces) - 1
     loss_sum = torch.zeros((), device=run.device)
     correct_sum = torch.zeros((), device=run.device, dtype=torch.long)
-    for piece in pieces:
-        summed, correct = forward_loss(run, piece)
+    for i, piece in enumerate(pieces):
+        with distributed.accumulating(run.ranks, i < last):
+            summed, correct = forward_loss(run, model, piece)
         weighted = summed / total
-        run.scaler.scale(weighted).backward()
+        run.scaler.scale(weighted * scale).backward()
         loss_sum += weighted.detach().float()
         correct_sum += correct
-    loss = loss_sum
+    loss, correct_sum = distributed.sum_over_ranks(run.ranks, loss_sum, correct_sum)
     run.scaler.unscale_(run.optimizer)
     trainable = [p for p in run.model.parameters() if p.requires_grad]
     # The norm before clipping (unscaled); inf or nan on an fp16 step the scaler skips.
