@@ -33,9 +33,7 @@ def language_model(model: Any) -> Any:
     return None
 
 
-def forward_loss(
-    run: Run, model: Any, piece: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, Any]:
+def forward_loss(run: Run, model: Any, piece: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
     """(summed loss, correct predictions) of one micro-batch through model.
 
     Causal LMs never build full-vocabulary logits: the body runs under autocast, the loss
