@@ -294,6 +294,8 @@ def choose_precision(device: Any) -> tuple[Any, str]:
         dtype = pick_amp_dtype(device)
         name = "bf16" if dtype == torch.bfloat16 else "fp16 (no native bf16 on this GPU)"
         return dtype, f"{name} autocast on {device}"
-    if device.type == "cpu" and cpu_has_bf16():
+    from shared.settings import get_settings
+
+    if device.type == "cpu" and cpu_has_bf16() and get_settings().cpu_bf16:
         return torch.bfloat16, "bf16 autocast on the CPU (it has bf16 units), fp32 weights"
-    return None, f"fp32 on {device} (no native bf16)"
+    return None, f"fp32 on {device} (no native bf16, or GPT2FT_CPU_BF16=false)"
