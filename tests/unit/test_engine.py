@@ -286,10 +286,15 @@ def test_out_of_memory_checkpoints_and_resumes_with_smaller_micro_batches(
         assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=0.01), step
 
 
-def test_fused_loss_matches_the_models_own_loss_and_gradients() -> None:
+def test_fused_loss_matches_the_models_own_loss_and_gradients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from worker.training import fused_loss
     from worker.training.fused_loss import next_token_loss
+
+    monkeypatch.setattr(fused_loss, "CHUNK_ELEMENTS", {"cpu": 16 * 1000})  # 8 chunks of 16 rows
 
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=1000, n_layer=1, n_head=2, n_embd=32, n_positions=64)

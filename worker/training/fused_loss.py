@@ -14,13 +14,16 @@ import torch
 
 from worker.training.examples import IGNORE
 
-# Logit elements per chunk: 2^23 fp32 (32 MiB), large enough to keep the matmuls efficient.
-CHUNK_ELEMENTS = 2**23
+# Logit elements per chunk. CPU: 2^23 fp32 (32 MiB), enough for efficient matmuls. GPU: 2^28
+# (1 GiB): each chunk also adds a vocabulary x width weight gradient, so few large chunks.
+CHUNK_ELEMENTS = {"cpu": 2**23}
+GPU_CHUNK_ELEMENTS = 2**28
 
 
-def chunk_rows(vocab: int) -> int:
-    """Tokens per chunk for a vocabulary of this size."""
-    return max(16, CHUNK_ELEMENTS // max(1, vocab))
+def chunk_rows(vocab: int, device: torch.device) -> int:
+    """Tokens per chunk for a vocabulary of this size on this device."""
+    elements = CHUNK_ELEMENTS.get(device.type, GPU_CHUNK_ELEMENTS)
+    return max(16, elements // max(1, vocab))
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -48,7 +51,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         )
         loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         correct = torch.zeros((), dtype=torch.long, device=hidden.device)
-        step = chunk_rows(weight.shape[0])
+        step = chunk_rows(weight.shape[0], hidden.device)
         for start in range(0, rows, step):
             h = hidden[start : start + step].detach().to(dtype)
             t = targets[start : start + step]
