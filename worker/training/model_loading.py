@@ -14,6 +14,7 @@ from shared.catalog import (
     missing_local_files,
     unavailable_message,
 )
+from shared.chat import CHAT_TEMPLATE
 from shared.settings import get_settings
 
 # Only the files a GPT-2 needs: never the .bin/.h5/.msgpack copies a hub repo also holds.
@@ -93,10 +94,16 @@ def model_load_kwargs() -> dict[str, Any]:
 
 
 def load_tokenizer(location: str) -> Any:
-    """The model's tokenizer; GPT-2 has no pad token, so EOS doubles as one."""
+    """The model's tokenizer; GPT-2 has no pad token, so EOS doubles as one.
+
+    A tokenizer without a chat template gets gpt2ft's (shared/chat.py), so every checkpoint
+    and model saved with it serves apply_chat_template as the chat route renders prompts.
+    """
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False, **_load_kwargs())
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
 
