@@ -10,6 +10,7 @@ from api.observability import LatencyMiddleware
 from api.observability import router as prometheus_router
 from api.request_guard import RequestGuard
 from api.routes import (
+    chat,
     classifications,
     completions,
     dashboard,
@@ -36,7 +37,7 @@ def create_app() -> FastAPI:
     app.add_middleware(RequestGuard)
     app.add_middleware(LatencyMiddleware)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_owner)], responses=ERROR_RESPONSES)
-    for module in (files, jobs, metrics, models, completions, classifications):
+    for module in (files, jobs, metrics, models, completions, chat, classifications):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)

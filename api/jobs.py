@@ -107,13 +107,6 @@ def job_options(session: Session, owner: str, body: JobCreate) -> dict[str, Any]
             check_task(task, row.format)
         except DatasetError as exc:
             raise ApiError(400, f"{param}: {exc}", param=param, code="invalid_file") from None
-    if task == "classification" and body.training_method == "lora":
-        raise ApiError(
-            400,
-            'task "classification" trains with training_method "full" or "transfer"; '
-            "LoRA adapters here are for text generation",
-            param="training_method",
-        )
     return {**given(JobOptions, body), "task": task}
 
 

@@ -42,10 +42,20 @@ from worker.publishing import job_scratch, restore_checkpoints
 from worker.reporting import DbReporter, merge_stats
 from worker.training.callbacks import StopReason
 
+GIB = 1024**3
+
 if TYPE_CHECKING:  # the engine imports torch: only inside the functions that run it
     from worker.training.plan import Plan
 
 log = logging.getLogger(__name__)
+
+
+class NotHere(Exception):
+    """The job needs more memory or GPUs than this worker has: another worker should run it."""
+
+    def __init__(self, summary: dict[str, Any], why: str, gpus: int) -> None:
+        super().__init__(why)
+        self.summary, self.why, self.gpus = summary, why, gpus
 
 
 class JobFailure(Exception):
@@ -114,6 +124,11 @@ def run_job(job_id: str, worker_id: str) -> Outcome:
             return OUTCOME_HANDLERS[run.result.stopped](run)
         except LeaseLost:
             return handle_lease_lost(lease)
+        except NotHere as elsewhere:
+            from worker.dispatch import forward
+
+            moved = forward(lease, plan_stats(elsewhere.summary), elsewhere.why, elsewhere.gpus)
+            return Outcome.forwarded if moved else Outcome.lease_lost
         except JobFailure as failure:
             return handle_failure(lease, failure.error)
         except Exception as exc:
@@ -204,15 +219,22 @@ def prepare(
     except PlanError as exc:
         raise JobFailure("invalid_hyperparameters", str(exc), exc.param) from None
     if check_memory:
+        from worker.fleet import capacity_bytes
         from worker.training.device import pick_device
         from worker.training.memory import memory_problem
 
-        problem = memory_problem(plan.summary["memory_estimate"], str(pick_device()))
+        device, gpus = pick_device(), plan.spec.n_gpus
+        offered = capacity_bytes(device)
+        need = plan.summary["memory_estimate"]["total_bytes"]
+        if offered is not None and need > offered:
+            why = f"Needs about {need / GIB:.2f} GiB; this worker ({{owner}}) offers "
+            raise NotHere(plan.summary, why + f"{offered / GIB:.2f} GiB", gpus)
+        problem = memory_problem(plan.summary["memory_estimate"], str(device))
         if problem:
             raise JobFailure("insufficient_memory", problem, None)
-        problem = gpu_count_problem(plan.spec.n_gpus, pick_device().type)
-        if problem:
-            raise JobFailure("insufficient_gpus", problem, "n_gpus")
+        problem = gpu_count_problem(gpus, device.type)
+        if problem:  # another worker may have them: the fleet decides (no_worker_fits)
+            raise NotHere(plan.summary, f"{problem} ({{owner}})", gpus)
     return plan
 
 

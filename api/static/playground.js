@@ -1,5 +1,6 @@
-// Playground: one prompt, one or two models side by side, any checkpoint of a fine-tune.
+// Playground: one prompt (or a chat), one or two models side by side, any checkpoint of a fine-tune.
 import { $, api, el, guarded } from "./lib.js";
+import { streamText } from "./stream.js";
 
 const PANES = ["a", "b"];
 const CHECKPOINT_MARK = ":ckpt-step-";
@@ -14,11 +15,15 @@ function baseOf(modelId) {
   return modelId.startsWith("ft:") ? modelId.split(":")[1] : modelId;
 }
 
-function modelOptions(ids, extra) {
+function modelOptions(ids, extra, unavailable = new Map()) {
   const base = ids.filter((id) => !id.startsWith("ft:"));
   const tuned = [...ids.filter((id) => id.startsWith("ft:")), ...extra];
-  const group = (label, list, note = "") =>
-    list.length ? el("optgroup", { label }, list.map((id) => el("option", { value: id }, `${id}${note}`))) : null;
+  // A base model this host cannot load (/v1/models says available: false): shown, not pickable.
+  const option = (id) =>
+    unavailable.has(id)
+      ? el("option", { value: id, disabled: true, title: unavailable.get(id) }, `${id} (not available here)`)
+      : el("option", { value: id }, id);
+  const group = (label, list) => (list.length ? el("optgroup", { label }, list.map(option)) : null);
   return [group("Fine-tuned", tuned), group("Base models", base)].filter(Boolean);
 }
 
@@ -58,7 +63,9 @@ function pick(select, wanted) {
 }
 
 export async function enterPlayground(route) {
-  const models = (await api("/v1/models")).data.map((m) => m.id);
+  const listed = (await api("/v1/models")).data;
+  const models = listed.map((m) => m.id);
+  const unavailable = new Map(listed.filter((m) => m.available === false).map((m) => [m.id, m.unavailable_reason]));
   const requested = [route.model, route.compare].filter(Boolean);
   // A checkpoint of a job still training: its final model is not listed yet, offer it anyway.
   const unlisted = requested
@@ -67,10 +74,10 @@ export async function enterPlayground(route) {
   for (const pane of PANES) {
     const select = $(`play-model-${pane}`);
     const previous = select.value;
-    select.replaceChildren(...modelOptions(models, [...new Set(unlisted)]));
+    select.replaceChildren(...modelOptions(models, [...new Set(unlisted)], unavailable));
     pick(select, previous);
   }
-  const first = route.model || $("play-model-a").value || models.find((id) => id.startsWith("ft:")) || models[0];
+  const first = route.model || $("play-model-a").value || models.find((id) => id.startsWith("ft:")) || models.find((id) => !unavailable.has(id));
   pick($("play-model-a"), first && first.split(CHECKPOINT_MARK)[0]);
   const second = route.compare || (route.model ? baseOf(route.model) : $("play-model-b").value) || baseOf(first || "");
   pick($("play-model-b"), second && second.split(CHECKPOINT_MARK)[0]);
@@ -90,52 +97,115 @@ export function stopSequences(text) {
   return text.split("|").map(unescaped).filter((s) => s !== "").slice(0, 4);
 }
 
-function completionBody(model) {
-  const body = {
-    model,
-    prompt: $("play-prompt").value,
-    max_tokens: parseInt($("play-max-tokens").value, 10) || 40,
+function samplingParams() {
+  const params = {
     temperature: parseFloat($("play-temperature").value),
     top_p: parseFloat($("play-top-p").value),
   };
   const seed = $("play-seed").value.trim();
-  if (seed !== "") body.seed = parseInt(seed, 10);
+  if (seed !== "") params.seed = parseInt(seed, 10);
   const stop = stopSequences($("play-stop").value);
-  if (stop.length) body.stop = stop;
-  return body;
+  if (stop.length) params.stop = stop;
+  return params;
 }
 
-async function generate(pane) {
+function maxTokens() {
+  return parseInt($("play-max-tokens").value, 10) || 40;
+}
+
+// Chat mode: each pane keeps its own conversation; a turn sends it whole to /v1/chat/completions.
+const conversations = { a: [], b: [] };
+
+function chatMode() {
+  return $("play-chat").checked;
+}
+
+export function chatMessages(system, history, message) {
+  const messages = system.trim() ? [{ role: "system", content: system.trim() }] : [];
+  return [...messages, ...history, { role: "user", content: message }];
+}
+
+function turn(role, content) {
+  return el("div", { class: `turn ${role}` }, el("b", {}, role === "user" ? "User: " : "Assistant: "), content);
+}
+
+// The pane's conversation; pending: the message being answered, with the reply so far.
+function showConversation(pane, pending, partial) {
+  const turns = conversations[pane].map((m) => turn(m.role, m.content));
+  if (pending !== undefined) turns.push(turn("user", pending), turn("assistant", partial || "…"));
+  $(`play-output-${pane}`).replaceChildren(...turns);
+}
+
+function clearChat() {
+  for (const pane of PANES) {
+    conversations[pane] = [];
+    showConversation(pane);
+    $(`play-meta-${pane}`).textContent = "";
+  }
+}
+
+function showMode() {
+  const chat = chatMode();
+  $("play-system-row").hidden = !chat;
+  $("play-clear").hidden = !chat;
+  $("play-prompt-label").textContent = chat ? "Message" : "Prompt";
+  $("play-generate").textContent = chat ? "Send" : "Generate";
+  clearChat();
+}
+
+async function generate(pane, prompt) {
   const model = $(`play-checkpoint-${pane}`).value || $(`play-model-${pane}`).value;
   const output = $(`play-output-${pane}`);
   const meta = $(`play-meta-${pane}`);
+  const chat = chatMode();
   delete output.dataset.done;
-  output.replaceChildren("Generating…");
+  if (chat) showConversation(pane, prompt);
+  else output.replaceChildren("Generating…");
   meta.textContent = "";
   const started = performance.now();
-  const body = completionBody(model);
+  const body = chat
+    ? { model, messages: chatMessages($("play-system").value, conversations[pane], prompt),
+        max_completion_tokens: maxTokens(), ...samplingParams() }
+    : { model, prompt, max_tokens: maxTokens(), ...samplingParams() };
   try {
-    const result = await api("/v1/completions", { method: "POST", json: body });
-    const choice = result.choices[0];
-    output.replaceChildren(el("b", {}, body.prompt), choice.text);
-    const tokens = result.usage ? `${result.usage.completion_tokens} tokens · ` : "";
+    // Streamed: the text shows as the model writes it.
+    let choice;
+    if (chat) {
+      choice = await streamText("/v1/chat/completions", body, (text) => showConversation(pane, prompt, text));
+      conversations[pane].push({ role: "user", content: prompt }, { role: "assistant", content: choice.text });
+      showConversation(pane);
+    } else {
+      const show = (text) => output.replaceChildren(el("b", {}, prompt), text);
+      choice = await streamText("/v1/completions", body, show);
+      show(choice.text);
+    }
+    const tokens = choice.usage ? `${choice.usage.completion_tokens} tokens · ` : "";
     const seconds = ((performance.now() - started) / 1000).toFixed(1);
     meta.textContent = `${model} · ${tokens}finish: ${choice.finish_reason} · ${seconds} s`;
     output.dataset.done = "true";
   } catch (err) {
-    output.replaceChildren();
+    if (chat) showConversation(pane);
+    else output.replaceChildren();
     throw err;
   }
 }
 
 export function initPlayground() {
   $("play-compare").addEventListener("change", showPanes);
+  $("play-chat").addEventListener("change", showMode);
+  $("play-clear").addEventListener("click", clearChat);
   for (const pane of PANES) {
-    $(`play-model-${pane}`).addEventListener("change", () => guarded(() => fillWeights(pane)));
+    $(`play-model-${pane}`).addEventListener("change", () => {
+      conversations[pane] = []; // another model: its conversation starts afresh
+      if (chatMode()) showConversation(pane);
+      guarded(() => fillWeights(pane));
+    });
   }
   $("play-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const panes = $("play-compare").checked ? PANES : ["a"];
-    for (const pane of panes) guarded(() => generate(pane));
+    const prompt = $("play-prompt").value;
+    if (chatMode()) $("play-prompt").value = ""; // the message moves into the conversation
+    for (const pane of panes) guarded(() => generate(pane, prompt));
   });
 }

@@ -385,12 +385,52 @@ def test_playground_compares_a_checkpoint_with_its_base_model(
         page.wait_for_selector(f"#play-output-{pane}[data-done=true]", timeout=120_000)
     assert sorted(body["model"] for body in sent) == sorted([checkpoint, "gpt2-tiny"])
     for body in sent:
+        assert body.pop("stream") is True and body.pop("stream_options") == {"include_usage": True}
         expected = http.post("/completions", json=body).json()["choices"][0]["text"]
         pane = "a" if body["model"] == checkpoint else "b"
         assert page.inner_text(f"#play-output-{pane}") == "Why did the" + expected
         assert body["seed"] == 5 and body["top_p"] == 0.9 and body["stop"] == ["xyz", "\n"]
     assert checkpoint in page.inner_text("#play-meta-a")
     shot(page, "playground")
+
+
+def test_playground_chat_mode_keeps_the_conversation(
+    page: Any, service: Service, http: httpx.Client
+) -> None:
+    sign_in(page, service, "#/playground?model=gpt2-tiny")
+    page.wait_for_selector("#play-model-a option[value='gpt2-tiny']", state="attached")
+    page.uncheck("#play-compare")
+    page.check("#play-chat")
+    assert page.inner_text("#play-generate") == "Send" and page.is_visible("#play-system")
+    fill(page, {"system": "Be brief.", "max-tokens": "6", "temperature": "0"}, prefix="play")
+    sent = posted_bodies(page, "/v1/chat/completions")
+    replies = []
+    for message in ("Hi there", "And again?"):
+        page.fill("#play-prompt", message)
+        page.click("#play-generate")
+        page.wait_for_selector("#play-output-a[data-done=true]", timeout=120_000)
+        body = dict(sent[-1])
+        assert body.pop("stream") is True
+        body.pop("stream_options")
+        answer = http.post("/chat/completions", json=body)
+        assert answer.status_code == 200, answer.text
+        replies.append(answer.json()["choices"][0]["message"]["content"])
+    system = {"role": "system", "content": "Be brief."}
+    assert sent[0]["messages"] == [system, {"role": "user", "content": "Hi there"}]
+    # The second turn sends the first one back, with the reply the page showed.
+    assert sent[1]["messages"] == [
+        system,
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": replies[0]},
+        {"role": "user", "content": "And again?"},
+    ]
+    assert sent[1]["max_completion_tokens"] == 6 and sent[1]["temperature"] == 0
+    shown = page.inner_text("#play-output-a")
+    assert "User: Hi there" in shown and "User: And again?" in shown
+    assert shown.count("Assistant:") == 2 and page.input_value("#play-prompt") == ""
+    shot(page, "playground-chat")
+    page.click("#play-clear")
+    assert page.inner_text("#play-output-a") == ""
 
 
 def test_running_job_shows_eta_and_tokens_per_second(

@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--validation-split", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
-        "--task", choices=["causal_lm", "completion", "classification"],
+        "--task", choices=["causal_lm", "completion", "classification", "chat"],
         help="default: inferred from the training file's records",
     )  # fmt: skip
     parser.add_argument(

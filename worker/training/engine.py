@@ -27,7 +27,8 @@ from worker.training.examples import Examples, as_examples
 from worker.training.methods import Exportable, copy_model_files
 from worker.training.results import (
     early_stop_message,
-    memorization_fraction,
+    memorization_figures,
+    memorization_samples,
     sample_continuations,
     should_stop_early,
     update_best,
@@ -150,6 +151,8 @@ def start_loop(
     run = setup_run(spec, total_steps, run_device, resume_from, data, micro_batch_limit)
     run.ranks = distributed.wrap(run.model, run.device)  # None in a single process
     spec = announce_micro_batch(run, spec, callbacks)
+    if resume_from is None:  # the base model's generations, for memorization_fraction_base
+        run.progress.base_sampled = memorization_samples(run, spec)
     # A logged loss waits for the GPU to finish: on one, log every 10 steps unless told.
     every = log_every_steps or (10 if run.device.type == "cuda" else 1)
     loop = Loop(run, spec, data, valid, callbacks, checkpoints_dir, steps_per_epoch, every)
@@ -398,15 +401,6 @@ def final_results(
 ) -> dict[str, Any]:
     """The last evaluation plus best, kept model, early stop and memorization figures."""
     progress = run.progress
-    sampled = list(progress.sampled)
-    # A classifier generates nothing: no samples, no memorization figure.
-    if not sampled and spec.task != "classification":
-        # No sample prompts: a few unconditioned generations still measure memorization.
-        unconditioned = [""] * 4
-        samples = sample_continuations(
-            run.model, run.tokenizer, unconditioned, run.device, spec.seed, run.amp_dtype
-        )
-        sampled = [ids for _, ids in samples]
     final: dict[str, Any] = dict(metrics)
     final.pop("is_best", None)
     if progress.best_step >= 0:
@@ -414,8 +408,8 @@ def final_results(
         final["best_step"] = progress.best_step
     final["kept"] = "best" if spec.keep == "best" and progress.best_step >= 0 else "last"
     final["early_stopped"] = early
-    final["memorization_fraction"] = memorization_fraction(sampled, train_blocks)
-    final["memorization_samples"] = len(sampled)
+    tuned = memorization_samples(run, spec)
+    final.update(memorization_figures(progress.base_sampled, tuned, train_blocks, run.tokenizer))
     return final
 
 

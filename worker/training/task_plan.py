@@ -4,15 +4,24 @@ import math
 from typing import Any
 
 from shared.catalog import BaseModelEntry
+from shared.chat import render_chat
 from shared.spec import Hyperparameters, TaskOptions, auto_block_size
 from worker.training.examples import Examples, build_examples, sorted_labels, split_examples
 from worker.training.model_loading import load_tokenizer, model_context_length
 from worker.training.plan import Plan, PlanError, plan_training, resolve_spec
 
 
-def record_texts(records: list[dict[str, str]]) -> list[str]:
-    """The text a causal LM trains on: "text", or prompt followed by completion."""
-    return [r["text"] if "text" in r else r["prompt"] + r["completion"] for r in records]
+def record_text(record: dict[str, Any]) -> str:
+    """The text a causal LM trains on: "text", prompt followed by completion, or a chat
+    rendered with the chat template."""
+    if "messages" in record:
+        return render_chat(record["messages"])
+    return record["text"] if "text" in record else record["prompt"] + record["completion"]
+
+
+def record_texts(records: list[dict[str, Any]]) -> list[str]:
+    """record_text of every record."""
+    return [record_text(r) for r in records]
 
 
 def resolve_max_length(requested: int | None, n_positions: int) -> int:
