@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,15 +30,18 @@ from shared.settings import get_settings
 
 # How long one blocking read waits before looking at the deadline again.
 READ_SECONDS = 1.0
-_clients: dict[tuple[str, int], aioredis.Redis] = {}
+# An asyncio client belongs to its event loop: one per loop (tests start several) and URL.
+_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aioredis.Redis]]" = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _async_redis() -> aioredis.Redis:
-    """An asyncio Redis client for the configured URL, one per event loop."""
-    key = (get_settings().redis_url, id(asyncio.get_running_loop()))
-    if key not in _clients:
-        _clients[key] = aioredis.Redis.from_url(key[0], socket_connect_timeout=2)
-    return _clients[key]
+    """An asyncio Redis client for the configured URL on the running event loop."""
+    url, mine = get_settings().redis_url, _clients.setdefault(asyncio.get_running_loop(), {})
+    if url not in mine:
+        mine[url] = aioredis.Redis.from_url(url, socket_connect_timeout=2)
+    return mine[url]
 
 
 def completion_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
