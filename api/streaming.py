@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,22 +23,25 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from api.errors import ApiError
-from api.queue import _RETRY_POLICY, SLOT_GRACE_SECONDS, _unreachable, current_app
-from api.slots import Slot, claim_slot, free_slot, slot_client
-from shared.naming import GENERATE_TASK, INFERENCE_QUEUE
+from api.queue import _no_worker, _send, _unreachable, claim_inference_slot
+from api.slots import Slot, free_slot, slot_client
+from shared.naming import GENERATE_TASK
 from shared.settings import get_settings
 
 # How long one blocking read waits before looking at the deadline again.
 READ_SECONDS = 1.0
-_clients: dict[tuple[str, int], aioredis.Redis] = {}
+# An asyncio client belongs to its event loop: one per loop (tests start several) and URL.
+_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aioredis.Redis]]" = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _async_redis() -> aioredis.Redis:
-    """An asyncio Redis client for the configured URL, one per event loop."""
-    key = (get_settings().redis_url, id(asyncio.get_running_loop()))
-    if key not in _clients:
-        _clients[key] = aioredis.Redis.from_url(key[0], socket_connect_timeout=2)
-    return _clients[key]
+    """An asyncio Redis client for the configured URL on the running event loop."""
+    url, mine = get_settings().redis_url, _clients.setdefault(asyncio.get_running_loop(), {})
+    if url not in mine:
+        mine[url] = aioredis.Redis.from_url(url, socket_connect_timeout=2)
+    return mine[url]
 
 
 def completion_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
@@ -136,15 +140,6 @@ def sse(payload: Any) -> str:
     return f"data: {text}\n\n"
 
 
-def _no_worker(timeout: float) -> ApiError:
-    return ApiError(
-        503,
-        f"no inference worker answered within {timeout:g}s; is `gpt2ft worker` running?",
-        type="server_error",
-        code="no_worker",
-    )
-
-
 class _Stream:
     """One streamed request: its Redis list, slot and deadline."""
 
@@ -158,26 +153,8 @@ class _Stream:
         self.ended = False
 
     def _send_task(self) -> None:
-        self.slot = claim_slot(
-            "inflight_requests",
-            self.owner,
-            self.timeout + SLOT_GRACE_SECONDS,
-            "max_inflight_inference_per_owner",
-            "inference requests in flight",
-            "wait for one to answer",
-        )
-        try:
-            current_app().send_task(
-                GENERATE_TASK,
-                kwargs={"request": self.request},
-                queue=INFERENCE_QUEUE,
-                expires=self.timeout,
-                ignore_result=True,  # the events go through the list; nobody reads a result
-                retry=True,
-                retry_policy=_RETRY_POLICY,
-            )
-        except Exception as exc:
-            raise _unreachable(GENERATE_TASK, exc) from None
+        self.slot = claim_inference_slot(self.owner, self.timeout)
+        _send(GENERATE_TASK, self.request, self.timeout)
 
     async def next_event(self) -> dict[str, Any] | None:
         """The worker's next event, or None once the deadline has passed."""

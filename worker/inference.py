@@ -91,9 +91,11 @@ def handle_generate(request: dict[str, Any]) -> dict[str, Any]:
             "stream %s: Redis failed (%s); generation stopped", request.get("stream_key"), exc
         )
         return {"error": {"message": f"Redis failed: {exc}", "param": None}}
-    if publisher is not None:
-        publisher.finish(answer)
-    return answer
+    if publisher is None:
+        return answer
+    publisher.finish(answer)
+    # The text went through the list; the result store keeps only what the stream ended with.
+    return answer if "error" in answer else {"streamed": True, "usage": answer.get("usage")}
 
 
 def _generate(request: dict[str, Any], publisher: StreamPublisher | None) -> dict[str, Any]:

@@ -144,6 +144,17 @@ def run_job(job_id: str, worker_id: str) -> Outcome:
             release_job_memory()
 
 
+def warm_up() -> None:
+    """Import what a job's pickup needs (torch, transformers, the planner and the engine):
+    done once at worker start, so the first job is not seconds slower than the next."""
+    import worker.training.device
+    import worker.training.engine
+    import worker.training.memory
+    import worker.training.model_loading
+    import worker.training.plan
+    import worker.training.task_plan  # noqa: F401
+
+
 def release_job_memory() -> None:
     """After every job: the GPU memory its tensors held goes back to the driver.
 
@@ -196,6 +207,7 @@ def prepare(
     from worker.training.model_loading import ModelUnavailable, ensure_available
     from worker.training.plan import PlanError, with_method
     from worker.training.task_plan import plan_task
+    from worker.training.token_cache import timed_tokenization
 
     base = find_base_model(job.model, settings.resolved_models_dir)
     if base is None:
@@ -214,10 +226,13 @@ def prepare(
     task = options.task or task_for_format(train_format)
     try:
         hp = Hyperparameters.model_validate(job.hyperparameters)
-        plan = plan_task(hp, base, options, task, train_records, valid_records, job.seed)
+        with timed_tokenization() as tokenizing:
+            plan = plan_task(hp, base, options, task, train_records, valid_records, job.seed)
         plan = with_method(plan, part_of(MethodOptions, options))
     except PlanError as exc:
         raise JobFailure("invalid_hyperparameters", str(exc), exc.param) from None
+    plan.summary["tokenize_seconds"] = round(tokenizing.seconds, 4)
+    plan.summary["tokenize_cached"] = tokenizing.cached
     if check_memory:
         from worker.fleet import capacity_bytes
         from worker.training.device import pick_device
@@ -322,4 +337,8 @@ def method_message(summary: dict[str, Any]) -> str:
 def plan_stats(summary: dict[str, Any]) -> dict[str, Any]:
     """Parameter counts and the memory estimate, for Job.stats and the job object."""
     names = ("training_method", "trainable_parameters", "total_parameters", "memory_estimate")
-    return {name: summary[name] for name in names}
+    # How long the files took to tokenize, and whether the token cache served them.
+    timing: dict[str, Any] = {
+        k: summary[k] for k in ("tokenize_seconds", "tokenize_cached") if k in summary
+    }
+    return {**{name: summary[name] for name in names}, **timing}

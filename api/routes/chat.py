@@ -105,7 +105,7 @@ async def create_chat_completion(
         shape = StreamShape(new_id("chatcmpl"), body.model, chat=True, include_usage=include_usage)
         return await stream_response(owner, request, shape, body.n)
     timeout = get_settings().completion_timeout_seconds
-    answer = await run_in_threadpool(run_completion, owner, request, timeout)
+    answer = await run_completion(owner, request, timeout)
     if "error" in answer:
         error = answer["error"] or {}
         raise ApiError(

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 
 from shared.chat import render_chat, trained_spans
-from worker.training.data import split_blocks, tokenize_records
+from worker.training.data import split_blocks
+from worker.training.token_cache import tokenize_cached
 
 # Labels the loss skips: CrossEntropyLoss's ignore_index, which HF models use too.
 IGNORE = -100
@@ -242,10 +243,10 @@ def build_examples(
         conversations = [r["messages"] for r in records]
         return chat_examples(conversations, tokenizer, pad_id, max_length)
     if task == "completion":
-        prompts = tokenize_records([r["prompt"] for r in records], tokenizer)
-        completions = tokenize_records([r["completion"] for r in records], tokenizer)
+        prompts = tokenize_cached([r["prompt"] for r in records], tokenizer)
+        completions = tokenize_cached([r["completion"] for r in records], tokenizer)
         return completion_examples(prompts, completions, tokenizer.eos_token_id, pad_id, max_length)
-    texts = tokenize_records([r["text"] for r in records], tokenizer)
+    texts = tokenize_cached([r["text"] for r in records], tokenizer)
     if task == "classification":
         assert label_names is not None
         index = {name: i for i, name in enumerate(label_names)}

@@ -1,5 +1,6 @@
 """Base-model availability and loading: local folders and Hugging Face catalog names."""
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,23 @@ def load_tokenizer(location: str) -> Any:
 
     A tokenizer without a chat template gets gpt2ft's (shared/chat.py), so every checkpoint
     and model saved with it serves apply_chat_template as the chat route renders prompts.
+
+    Kept per process (a job's pickup would otherwise spend a second parsing the same JSON
+    files), until the folder's files change. Callers only read it: nothing sets its options.
     """
+    return _cached_tokenizer(location, _files_signature(location))
+
+
+def _files_signature(location: str) -> tuple[tuple[str, int, int], ...]:
+    """Names, sizes and modification times of a local folder's files; () for a hub id."""
+    folder = Path(location)
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_tokenizer(location: str, _signature: tuple[tuple[str, int, int], ...]) -> Any:
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False, **_load_kwargs())
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

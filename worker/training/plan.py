@@ -21,11 +21,11 @@ from worker.training.data import (
     group_texts,
     join_with_eos,
     split_blocks,
-    tokenize_records,
 )
 from worker.training.examples import Examples, blocks_to_examples, task_plan_message
 from worker.training.memory import ModelShape, estimate, total_parameters, trainable_parameters
 from worker.training.model_loading import load_tokenizer, model_context_length
+from worker.training.token_cache import tokenize_cached
 
 # Shorter blocks teach the model almost nothing about context; refuse rather than pretend.
 MIN_BLOCK_SIZE = 16
@@ -75,7 +75,7 @@ class Plan:
 
 
 def _stream(texts: list[str], tokenizer: Any) -> list[int]:
-    return join_with_eos(tokenize_records(texts, tokenizer), tokenizer.eos_token_id)
+    return join_with_eos(tokenize_cached(texts, tokenizer), tokenizer.eos_token_id)
 
 
 def resolve_block_size(
