@@ -81,16 +81,17 @@ def optimizer_step(
     # gradient then equals the whole batch's, even when the pieces differ in size.
     counted = [count_targets(piece["labels"]) for piece in pieces]
     # On several ranks the total is the global one: each rank's loss is its token share.
-    _, total = distributed.count_tokens(run.ranks, counted)
+    counted, total = distributed.count_tokens(run.ranks, counted)
     total = total.clamp(min=1)
     model, scale = distributed.forward_model(run), distributed.gradient_scale(run.ranks)
     last = len(pieces) - 1
     loss_sum = torch.zeros((), device=run.device)
     correct_sum = torch.zeros((), device=run.device, dtype=torch.long)
-    for i, piece in enumerate(pieces):
+    for i, (piece, count) in enumerate(zip(pieces, counted, strict=True)):
         with distributed.accumulating(run.ranks, i < last):
             summed, correct = forward_loss(run, model, piece)
-        weighted = summed / total
+        # An idle rank's stand-in row (distributed.shard) counts 0 tokens: its loss adds nothing.
+        weighted = summed * (count > 0) / total
         run.scaler.scale(weighted * scale).backward()
         loss_sum += weighted.detach().float()
         correct_sum += correct
