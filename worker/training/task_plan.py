@@ -1,6 +1,7 @@
 """Plans for per-record tasks: causal LM without packing, completion, classification."""
 
 import math
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from shared.catalog import BaseModelEntry
@@ -10,9 +11,9 @@ from worker.training.model_loading import load_tokenizer, model_context_length
 from worker.training.plan import Plan, PlanError, plan_training, resolve_spec
 
 
-def record_texts(records: list[dict[str, str]]) -> list[str]:
-    """The text a causal LM trains on: "text", or prompt followed by completion."""
-    return [r["text"] if "text" in r else r["prompt"] + r["completion"] for r in records]
+def record_texts(records: Iterable[dict[str, str]]) -> Iterator[str]:
+    """The text a causal LM trains on: "text", or prompt followed by completion (lazily)."""
+    return (r["text"] if "text" in r else r["prompt"] + r["completion"] for r in records)
 
 
 def resolve_max_length(requested: int | None, n_positions: int) -> int:
@@ -51,16 +52,22 @@ def plan_task(
     base: BaseModelEntry,
     options: TaskOptions,
     task: str,
-    train_records: list[dict[str, str]],
-    valid_records: list[dict[str, str]] | None,
+    train_source: Iterable[dict[str, str]],
+    valid_source: Iterable[dict[str, str]] | None,
     seed: int,
 ) -> Plan:
-    """The plan for task: packed causal LM as before, else one example per record."""
+    """The plan for task: packed causal LM as before, else one example per record.
+
+    Packed, the records stream through the tokenizer (none is kept); per record, they are
+    read into a list, since every example is built from its own record.
+    """
     if task == "causal_lm" and options.packing:
-        valid_texts = record_texts(valid_records) if valid_records is not None else None
-        plan = plan_training(hp, base, record_texts(train_records), valid_texts, seed)
+        valid_texts = record_texts(valid_source) if valid_source is not None else None
+        plan = plan_training(hp, base, record_texts(train_source), valid_texts, seed)
         plan.spec = plan.spec.model_copy(update={"task": task, "packing": True})
         return plan
+    train_records = list(train_source)
+    valid_records = list(valid_source) if valid_source is not None else None
     tokenizer = load_tokenizer(base.location)
     max_length = resolve_max_length(options.max_length, model_context_length(base.location))
     labels = check_labels(train_records, valid_records) if task == "classification" else None
