@@ -20,10 +20,11 @@ from api.limits import check_active_jobs, check_job_outputs
 from api.locks import lock_files
 from api.queue import run_dry_run
 from api.schemas import JobCreate
-from shared.catalog import BaseModelEntry, find_base_model, model_shape, output_bytes_estimate
+from shared.catalog import BaseModelEntry, find_base_model
 from shared.datasets import KINDS, DatasetError, check_task, record_kind, task_for_format
 from shared.db.tables import File, Job, JobStatus
 from shared.ids import new_sortable_id, now_ts
+from shared.model_size import model_shape, output_bytes_estimate
 from shared.naming import FINE_TUNE_PURPOSE
 from shared.settings import get_settings
 from shared.spec import ExtensionHyperparameters, Hyperparameters, JobOptions, part_of
@@ -107,13 +108,6 @@ def job_options(session: Session, owner: str, body: JobCreate) -> dict[str, Any]
             check_task(task, row.format)
         except DatasetError as exc:
             raise ApiError(400, f"{param}: {exc}", param=param, code="invalid_file") from None
-    if task == "classification" and body.training_method == "lora":
-        raise ApiError(
-            400,
-            'task "classification" trains with training_method "full" or "transfer"; '
-            "LoRA adapters here are for text generation",
-            param="training_method",
-        )
     return {**given(JobOptions, body), "task": task}
 
 

@@ -18,6 +18,7 @@ from shared.db.session import session_scope
 from shared.db.tables import Job, JobStatus
 from shared.naming import INFERENCE_QUEUE, TRAINING_QUEUE
 from shared.settings import get_settings
+from shared.workers import device_counts
 
 log = logging.getLogger(__name__)
 REGISTRY = CollectorRegistry()
@@ -74,6 +75,18 @@ def queue_family() -> Metric:
     return depth
 
 
+def worker_family() -> Metric:
+    """Live training workers by device kind (seen within a lease period)."""
+    gauge = GaugeMetricFamily(
+        "gpt2ft_workers", "Live training workers by device kind", labels=["device"]
+    )
+    with session_scope() as session:
+        counts = device_counts(session, get_settings().lease_seconds)
+    for kind in sorted({"cpu", "cuda", *counts}):
+        gauge.add_metric([kind], float(counts.get(kind, 0)))
+    return gauge
+
+
 class ScrapeCollector:
     """Reads the database and Redis on every scrape; a failing source is skipped and logged."""
 
@@ -83,7 +96,7 @@ class ScrapeCollector:
 
     def collect(self) -> Iterator[Metric]:
         """Families for one scrape."""
-        for source in (job_families, lambda: [queue_family()]):
+        for source in (job_families, lambda: [queue_family()], lambda: [worker_family()]):
             try:
                 yield from source()
             except Exception as exc:  # a scrape must still answer when Redis is down

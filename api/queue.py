@@ -12,6 +12,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 
 from api.errors import ApiError
 from api.slots import claim_slot, free_slot
+from shared.db.session import session_scope
 from shared.naming import (
     CLASSIFY_TASK,
     DRY_RUN_TASK,
@@ -21,6 +22,7 @@ from shared.naming import (
     TRAINING_QUEUE,
 )
 from shared.settings import get_settings
+from shared.workers import place_job
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +56,28 @@ def current_app() -> Celery:
     return queue_app(get_settings().redis_url)
 
 
+def training_queue(job_id: str) -> str:
+    """The queue of a worker with the memory for job_id (shared.workers.place).
+
+    A job not yet planned, or one no live worker fits, goes to the shared queue: the worker
+    that takes it plans it and sends it on, or records why it waits.
+    """
+    try:
+        with session_scope() as session:
+            queue = place_job(session, job_id, get_settings().lease_seconds).queue
+    except Exception as exc:  # the row is committed; routing is best effort here
+        log.warning("job %s: placement not read: %s", job_id, exc)
+        return TRAINING_QUEUE
+    return queue or TRAINING_QUEUE
+
+
 def send_training(job_id: str) -> bool:
     """Wake a training worker for job_id; False (logged) when the broker is unreachable."""
     try:
         current_app().send_task(
             TRAIN_TASK,
             args=[job_id],
-            queue=TRAINING_QUEUE,
+            queue=training_queue(job_id),
             ignore_result=True,  # job state lives in the database, never in Celery results
             retry=True,
             retry_policy=_RETRY_POLICY,

@@ -261,13 +261,25 @@ class ModelOut(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    # gpt2ft: false for a base model this host cannot load (a catalog name offline and not in
+    # the Hugging Face cache, an incomplete folder); requests on it fail at once with
+    # unavailable_reason (code model_not_available). Fine-tuned models are always true.
+    available: bool = True
+    unavailable_reason: str | None = None
 
 
 StopText = Annotated[str, Field(max_length=64)]
 
 
+class StreamOptions(BaseModel):
+    """OpenAI's stream_options: include_usage adds a last chunk with the usage."""
+
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool | None = None
+
+
 class CompletionCreate(BaseModel):
-    """OpenAI's completion body (non-streaming) plus top_k."""
+    """OpenAI's completion body plus top_k."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -286,8 +298,10 @@ class CompletionCreate(BaseModel):
     seed: int | None = None
     echo: bool = False
     top_k: Annotated[int, Field(ge=0, le=50_000)] | None = None
-    stream: Literal[False] | None = None
-    logprobs: Literal[0] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    # Each token's log-probability and its `logprobs` likeliest alternatives (OpenAI: 0..5).
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     user: str | None = None
 
 

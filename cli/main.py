@@ -9,6 +9,7 @@ from cli.bootstrap import migrate_database, run_setup
 from cli.client import files_app, generate, jobs_app, models_app, show_target
 from cli.keys import keys_app
 from cli.watch import watch_job
+from cli.workers import list_workers
 from shared.logging_setup import configure_logging
 from shared.settings import get_settings
 
@@ -24,6 +25,7 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
 app.command("generate")(generate)
 app.command("target")(show_target)
+app.command("workers")(list_workers)
 jobs_app.command("watch")(watch_job)
 
 DEFAULT_PORT = 8000

@@ -1,10 +1,13 @@
 """Base models: the Hugging Face catalog names plus every folder of the models directory."""
 
 import json
+import os
 import re
+import socket
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 # Catalog name -> hub repository; these load through from_pretrained (cache or hub).
@@ -20,6 +23,11 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # HF's run_clm default; a model folder's gpt2ft.json may set its own.
 DEFAULT_BASE_LEARNING_RATE = 5e-5
 METADATA_FILE = "gpt2ft.json"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+# The API's check that the hub answers at all: at most this long, the answer kept a minute.
+HUB_PROBE_SECONDS = 1.0
+HUB_PROBE_TTL_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -79,77 +87,127 @@ def find_base_model(name: str, models_dir: Path) -> BaseModelEntry | None:
     return None
 
 
-# (n_layer, n_embd) of the catalog models; all have GPT-2's 50257 tokens and 1024 positions.
-CATALOG_SHAPES: dict[str, tuple[int, int]] = {
-    "gpt2": (12, 768),
-    "gpt2-medium": (24, 1024),
-    "gpt2-large": (36, 1280),
-    "gpt2-xl": (48, 1600),
-    "distilgpt2": (6, 768),
-}
-GPT2_VOCAB, GPT2_POSITIONS = 50257, 1024
-# fp32 weights; AdamW keeps two fp32 moments per trained parameter in the resume state.
-WEIGHT_BYTES, OPTIMIZER_BYTES = 4, 8
+# Availability, torch-free and hub-library-free: the API answers "can this model load here"
+# before queueing a request, and the worker (worker/training/model_loading.py) uses the same
+# functions and messages before a job or a completion loads it.
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    """The few GPT-2 config numbers that parameter counts and memory estimates need."""
-
-    vocab: int
-    positions: int
-    width: int
-    layers: int
-    inner: int
-
-    @classmethod
-    def from_config(cls, config: Any) -> "ModelShape":
-        """From a GPT2Config (or anything with its attribute names)."""
-        width = int(config.n_embd)
-        inner = getattr(config, "n_inner", None) or 4 * width
-        return cls(int(config.vocab_size), int(config.n_positions), width, int(config.n_layer),
-                   int(inner))  # fmt: skip
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE is set (read at call time: tests and operators flip it)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def block_parameters(shape: ModelShape) -> int:
-    """One transformer block: attention, MLP and two layer norms."""
-    d, f = shape.width, shape.inner
-    attention = d * 3 * d + 3 * d + d * d + d
-    mlp = d * f + f + f * d + d
-    return attention + mlp + 4 * d
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache, found as huggingface_hub finds it."""
+    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    home = os.environ.get("HF_HOME")
+    if home:
+        return Path(home).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "huggingface" / "hub"
 
 
-def total_parameters(shape: ModelShape) -> int:
-    """Embeddings, blocks and the final layer norm (the head is tied to the embeddings)."""
-    embeddings = shape.vocab * shape.width + shape.positions * shape.width
-    return embeddings + shape.layers * block_parameters(shape) + 2 * shape.width
-
-
-def model_shape(entry: BaseModelEntry) -> ModelShape | None:
-    """The base model's shape from its config.json (local) or the table above (catalog)."""
-    if entry.source == "catalog":
-        layers, width = CATALOG_SHAPES[entry.name]
-        return ModelShape(GPT2_VOCAB, GPT2_POSITIONS, width, layers, 4 * width)
+def cached_file(repo: str, name: str) -> Path | None:
+    """The cached copy of repo's file name at its main revision, or None."""
+    folder = hub_cache_dir() / f"models--{repo.replace('/', '--')}"
     try:
-        config = json.loads((Path(entry.location) / "config.json").read_text())
-        return ModelShape.from_config(SimpleNamespace(**config))
-    except (OSError, ValueError, AttributeError, TypeError):
-        return None  # not a GPT-2 config: the worker's validation says what is wrong
+        commit = (folder / "refs" / "main").read_text().strip()
+    except OSError:
+        return None
+    path = folder / "snapshots" / commit / name
+    return path if path.is_file() else None
 
 
-def output_bytes_estimate(
-    shape: ModelShape, keep_checkpoints: int, training_method: str, trainable_layers: int
-) -> int:
-    """Bytes a job stores at most: keep_checkpoints + the best checkpoint, and the final model.
+def in_hub_cache(repo: str) -> bool:
+    """Whether the hub cache holds a loadable copy: config, safetensors weights, tokenizer."""
+    return (
+        cached_file(repo, "config.json") is not None
+        and any(cached_file(repo, name) for name in WEIGHT_FILES)
+        and any(cached_file(repo, name) for name in TOKENIZER_FILES)
+    )
 
-    A checkpoint holds the weights and AdamW's moments of the trained parameters (all of
-    them for full fine-tuning, the top blocks for transfer, next to nothing for LoRA).
+
+def missing_local_files(folder: Path) -> list[str]:
+    """What a local model folder lacks to load (empty when complete)."""
+    missing = []
+    if not (folder / "config.json").is_file():
+        missing.append("config.json")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        hint = " (only pytorch_model.bin found: re-save with save_pretrained)"
+        has_bin = (folder / "pytorch_model.bin").is_file()
+        missing.append("model.safetensors" + (hint if has_bin else ""))
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        missing.append("a tokenizer (tokenizer.json or vocab.json + merges.txt)")
+    return missing
+
+
+def incomplete_folder_message(base: BaseModelEntry, missing: list[str]) -> str:
+    """What to do about a local model folder that lacks files."""
+    return (
+        f"model {base.name} in {base.location} is incomplete: missing {', '.join(missing)}; "
+        "save it with model.save_pretrained() and tokenizer.save_pretrained() into that folder"
+    )
+
+
+def unavailable_message(base: BaseModelEntry, models_dir: Path, reason: str) -> str:
+    """What to do about a catalog model this host cannot load (the job's and the API's text)."""
+    return (
+        f"model {base.name} is not in the local Hugging Face cache and {reason}; "
+        f"on a machine with internet run `hf download {base.location}` and copy "
+        f"~/.cache/huggingface, or save it with save_pretrained into {models_dir / base.name}"
+    )
+
+
+_probe_lock = threading.Lock()
+_probe: dict[str, tuple[float, bool]] = {}
+
+
+def _connect(host: str, port: int, answer: list[bool]) -> None:
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_SECONDS).close()
+        answer.append(True)
+    except OSError:
+        answer.append(False)
+
+
+def hub_reachable() -> bool:
+    """Whether a TCP connection to the hub (HF_ENDPOINT) opens within HUB_PROBE_SECONDS.
+
+    In a thread: name resolution has no timeout of its own and may hang far longer. The
+    answer is kept HUB_PROBE_TTL_SECONDS, so a listing or request pays for it once a minute.
     """
-    parameters = total_parameters(shape)
-    trained = {
-        "full": parameters,
-        "transfer": min(trainable_layers, shape.layers) * block_parameters(shape),
-    }.get(training_method, 0)
-    weights = WEIGHT_BYTES * parameters
-    checkpoint = weights + OPTIMIZER_BYTES * trained
-    return (keep_checkpoints + 1) * checkpoint + weights
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    match = re.match(r"^(https?)://([^/:]+)(?::(\d+))?", endpoint)
+    if match is None:
+        return False
+    host = match.group(2)
+    port = int(match.group(3) or (443 if match.group(1) == "https" else 80))
+    with _probe_lock:
+        known = _probe.get(endpoint)
+        if known is not None and time.monotonic() - known[0] < HUB_PROBE_TTL_SECONDS:
+            return known[1]
+        answer: list[bool] = []
+        thread = threading.Thread(target=_connect, args=(host, port, answer), daemon=True)
+        thread.start()
+        thread.join(HUB_PROBE_SECONDS)
+        reachable = bool(answer and answer[0])
+        _probe[endpoint] = (time.monotonic(), reachable)
+        return reachable
+
+
+def unavailable_reason(base: BaseModelEntry, models_dir: Path) -> str | None:
+    """Why base cannot load on this host (the user's instructions), or None when it can.
+
+    A catalog model not in the hub cache can load only if the hub answers: offline
+    (HF_HUB_OFFLINE) it cannot; online, a worker downloads it on first use.
+    """
+    if base.source == "local":
+        missing = missing_local_files(Path(base.location))
+        return incomplete_folder_message(base, missing) if missing else None
+    if in_hub_cache(base.location):
+        return None
+    if hub_offline() or not hub_reachable():
+        return unavailable_message(base, models_dir, "the hub cannot be reached")
+    return None

@@ -13,8 +13,16 @@ FINE_TUNE_PURPOSE = "fine-tune"
 RESULTS_PURPOSE = "fine-tune-results"
 TRAINING_QUEUE = "training"
 INFERENCE_QUEUE = "inference"
+# Each training worker also serves its own queue, "training.<name>": a job that only some
+# workers can run (memory) is sent to one of those (shared/workers.py: place).
+WORKER_QUEUE_PREFIX = f"{TRAINING_QUEUE}."
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def worker_queue(name: str) -> str:
+    """The training queue only the worker called name serves."""
+    return f"{WORKER_QUEUE_PREFIX}{_SAFE.sub('-', name)}"
 
 
 def fine_tuned_model_id(base_model: str, owner: str, suffix: str | None, job_id: str) -> str:

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # A queued job nobody claimed for this long is sent again.
     requeue_after_seconds: float = Field(default=30.0, ge=0)
     max_attempts: int = Field(default=3, ge=1, le=100)
+    # A job no live worker has the memory for waits this long (queued, with an event saying
+    # why) for one to join, then fails with no_worker_fits: an hour covers a host rebooting.
+    unplaceable_timeout_seconds: float = Field(default=3600.0, ge=0)
     # Completions wait this long for a worker before answering 503.
     completion_timeout_seconds: float = Field(default=120.0, gt=0)
     # Inference requests one owner may have waiting at once, across every API process (429).
@@ -78,6 +81,9 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     # Share of the GPU the inference process may take, so serving never starves training.
     inference_memory_fraction: float = Field(default=0.25, gt=0, le=1)
+    # The memory this worker offers to one training job, GiB; None: its GPU's total, or the
+    # host's RAM on the CPU. Lower it to leave room for other work on a shared GPU.
+    worker_memory_gib: float | None = Field(default=None, gt=0)
     # Steps between training-loss logs; None: every step on CPU, every 10 on a GPU (a log
     # reads the loss back, which waits for the GPU to finish).
     log_every_steps: int | None = Field(default=None, ge=1, le=10_000)

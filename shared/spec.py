@@ -75,6 +75,9 @@ class TrainingOptions(BaseModel):
     keep: Literal["best", "last"] = "best"
     # Recompute activations in the backward pass: ~30% slower, far less memory for long blocks.
     gradient_checkpointing: bool = False
+    # Ranks (GPUs) one job trains on with torchrun/DDP; 1 trains in the worker process itself.
+    # Bounded by one host's usual 8 GPUs; on a CPU-only host the ranks use gloo.
+    n_gpus: Annotated[int, Field(ge=1, le=8)] = 1
 
 
 class ExtensionHyperparameters(TrainingOptions):

@@ -1,13 +1,15 @@
-"""The workers table: who is running, on which devices (torch-free; workers fill it in)."""
+"""The workers table: who runs, on which devices, and where a job fits (torch-free)."""
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from shared.db.tables import Worker
-from shared.jobs import upsert
+from shared.db.tables import Job, Worker
+from shared.jobs import LEASED, upsert
+from shared.naming import TRAINING_QUEUE, WORKER_QUEUE_PREFIX
 
 # Columns a worker reports about itself (besides id and the times).
 REPORTED = (
@@ -39,3 +41,111 @@ def live_workers(session: Session, within_seconds: float) -> list[Worker]:
     since = time.time() - within_seconds
     query = select(Worker).where(Worker.last_seen_at >= since).order_by(Worker.id)
     return list(session.scalars(query))
+
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a job goes: a queue, or None with the reason no live worker can run it."""
+
+    queue: str | None
+    reason: str | None = None
+    worker_id: str | None = None
+
+
+def trains(worker: Worker) -> bool:
+    """Whether the worker takes training jobs (the inference processes register too)."""
+    return TRAINING_QUEUE in (worker.queues or [])
+
+
+def own_queue(worker: Worker) -> str | None:
+    """The training queue only this worker serves (older workers have none)."""
+    return next((q for q in worker.queues or [] if q.startswith(WORKER_QUEUE_PREFIX)), None)
+
+
+def fits(worker: Worker, need_bytes: int) -> bool:
+    """Whether the worker offers need_bytes; a worker that reports no memory may try."""
+    return worker.memory_bytes is None or worker.memory_bytes >= need_bytes
+
+
+def busy_workers(session: Session) -> dict[str, str]:
+    """Worker id -> the job it holds a lease on (validating or running)."""
+    query = select(Job.lease_owner, Job.id).where(
+        Job.lease_owner.is_not(None), Job.status.in_(LEASED)
+    )
+    return {str(owner): job_id for owner, job_id in session.execute(query)}
+
+
+def place(session: Session, need_bytes: int | None, within_seconds: float) -> Placement:
+    """The queue for a job needing need_bytes (the engine's estimate; None before planning).
+
+    Unknown need, no live training worker at all (the fleet is down or restarting: the job
+    waits in the queue as it always did), or every live one fits: the shared queue. Some
+    fit: the own queue of one of them, idle ones first, then the smallest that fits (the
+    big GPUs stay free for the jobs only they can run). None fits: no queue, and why.
+    """
+    if need_bytes is None:
+        return Placement(TRAINING_QUEUE)
+    trainers = [w for w in live_workers(session, within_seconds) if trains(w)]
+    fitting = [w for w in trainers if fits(w, need_bytes)]
+    if len(fitting) == len(trainers):
+        return Placement(TRAINING_QUEUE)
+    routable = [w for w in fitting if own_queue(w)]
+    if routable:
+        busy = busy_workers(session)
+        best = min(routable, key=lambda w: (w.id in busy, w.memory_bytes or 0, w.id))
+        return Placement(own_queue(best), worker_id=best.id)
+    if fitting:  # workers from before own queues: the shared queue reaches them
+        return Placement(TRAINING_QUEUE)
+    largest = max(trainers, key=lambda w: w.memory_bytes or 0)
+    return Placement(
+        None,
+        f"it needs about {need_bytes / GIB:.2f} GiB; the largest live worker ({largest.id}, "
+        f"{largest.device}) offers {(largest.memory_bytes or 0) / GIB:.2f} GiB",
+    )
+
+
+def job_need(stats: dict[str, Any] | None) -> int | None:
+    """The job's memory estimate in bytes, once a worker has planned it."""
+    estimate = (stats or {}).get("memory_estimate") or {}
+    total = estimate.get("total_bytes")
+    return int(total) if total is not None else None
+
+
+def place_job(session: Session, job_id: str, within_seconds: float) -> Placement:
+    """Where job_id goes now, by its recorded memory estimate and the live workers."""
+    stats = session.execute(select(Job.stats).where(Job.id == job_id)).scalar_one_or_none()
+    return place(session, job_need(stats), within_seconds)
+
+
+def device_counts(session: Session, within_seconds: float) -> dict[str, int]:
+    """Live training workers per device kind, for the gpt2ft_workers gauge."""
+    counts: dict[str, int] = {}
+    for worker in live_workers(session, within_seconds):
+        if trains(worker):
+            counts[worker.device_kind] = counts.get(worker.device_kind, 0) + 1
+    return counts
+
+
+def fleet(session: Session, within_seconds: float, everyone: bool = False) -> list[dict[str, Any]]:
+    """The training workers seen within within_seconds (everyone: every row, inference
+    processes and stale ones too), each with the job it holds, for `gpt2ft workers`."""
+    if everyone:
+        rows = list(session.scalars(select(Worker).order_by(Worker.id)))
+    else:
+        rows = [w for w in live_workers(session, within_seconds) if trains(w)]
+    busy = busy_workers(session)
+    return [
+        {
+            "id": w.id,
+            "hostname": w.hostname,
+            "device": w.device,
+            "memory_bytes": w.memory_bytes,
+            "queues": list(w.queues or []),
+            "last_seen_at": w.last_seen_at,
+            "job": busy.get(w.id),
+        }
+        for w in rows
+    ]

@@ -71,6 +71,37 @@ def check_device(requested: str, root: Path = Path("/")) -> Any:
     return chosen
 
 
+def host_memory_bytes(root: Path = Path("/")) -> int | None:
+    """The host's RAM (MemTotal), None when /proc does not say."""
+    try:
+        with (root / "proc/meminfo").open() as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def offered_bytes(device_bytes: int | None) -> int | None:
+    """What this worker offers a training job: the device's memory, capped by the setting."""
+    cap = get_settings().worker_memory_gib
+    if cap is None:
+        return device_bytes
+    capped = int(cap * 1024**3)
+    return capped if device_bytes is None else min(capped, device_bytes)
+
+
+def capacity_bytes(chosen: Any, root: Path = Path("/")) -> int | None:
+    """The memory a job may plan for on chosen: its GPU's total, or the host's RAM."""
+    if chosen.type == "cuda":
+        from worker.training import device as device_module
+
+        total = device_module.cuda.get_device_properties(chosen.index or 0).total_memory
+        return offered_bytes(int(total))
+    return offered_bytes(host_memory_bytes(root))
+
+
 def device_report(chosen: Any, root: Path = Path("/")) -> dict[str, Any]:
     """What the workers table and the start-up log say about this process's device."""
     import torch
@@ -87,7 +118,8 @@ def device_report(chosen: Any, root: Path = Path("/")) -> dict[str, Any]:
         "driver_version": nvidia_driver_version(root),
         "device_count": 0,
         "devices": [],
-        "memory_bytes": None,
+        # What a job may use here (routing reads it): the host's RAM on the CPU.
+        "memory_bytes": offered_bytes(host_memory_bytes(root)),
     }
     if chosen.type != "cuda":
         return report
@@ -107,7 +139,7 @@ def device_report(chosen: Any, root: Path = Path("/")) -> dict[str, Any]:
     report.update(
         device_count=len(devices),
         devices=devices,
-        memory_bytes=devices[chosen.index or 0]["memory_bytes"] if devices else None,
+        memory_bytes=offered_bytes(devices[chosen.index or 0]["memory_bytes"]) if devices else None,
     )
     return report
 

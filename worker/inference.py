@@ -1,9 +1,14 @@
 """The generate task body: validate the request, call the engine, return JSON."""
 
+import json
 import logging
 import time
+from functools import lru_cache
 from typing import Any
 
+import redis
+
+from shared.settings import get_settings
 from shared.storage import STORED_LOCATION, StorageError, get_storage
 
 log = logging.getLogger(__name__)
@@ -22,8 +27,76 @@ def deadline_error(model: Any) -> dict[str, Any]:
     return {"error": {"message": message, "param": None, "code": "deadline_exceeded"}}
 
 
+# A stream's events outlive their last push by this much (the API deletes them when done).
+STREAM_TTL_SECONDS = 120
+
+
+class StreamCancelled(Exception):
+    """The API closed the stream (its client went away): stop generating."""
+
+
+@lru_cache(maxsize=4)
+def _redis(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
+
+
+class StreamPublisher:
+    """Pushes a streamed request's events to its Redis list, where the API reads them.
+
+    The API sets `<key>:cancel` when its client disconnects; every push looks for it.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.client = _redis(get_settings().redis_url)
+
+    def push(self, event: dict[str, Any]) -> None:
+        """Append event; raises StreamCancelled when the API has stopped reading."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.rpush(self.key, json.dumps(event))
+        pipe.expire(self.key, STREAM_TTL_SECONDS)
+        pipe.exists(self.key + ":cancel")
+        if pipe.execute()[-1]:
+            raise StreamCancelled(self.key)
+
+    def finish(self, answer: dict[str, Any]) -> None:
+        """The last event: the error, or done with the usage counts (never raises)."""
+        event = (
+            {"type": "error", "error": answer["error"]}
+            if "error" in answer
+            else {"type": "done", "usage": answer.get("usage")}
+        )
+        try:
+            self.push(event)
+        except (StreamCancelled, redis.RedisError):
+            pass
+
+
 def handle_generate(request: dict[str, Any]) -> dict[str, Any]:
-    """Run a completion request; errors come back as {"error": {...}}, never a traceback."""
+    """Run a completion request; errors come back as {"error": {...}}, never a traceback.
+
+    With a `stream_key` the choices' text also goes to that Redis list as it is generated:
+    `start` once the request passed its checks, `chunk`s, then `done` (with usage) or `error`.
+    """
+    publisher = StreamPublisher(request["stream_key"]) if request.get("stream_key") else None
+    try:
+        answer = _generate(request, publisher)
+    except StreamCancelled:
+        log.info("stream %s: the client went away; generation stopped", request["stream_key"])
+        return {
+            "error": {"message": "the client closed the stream", "param": None, "code": "cancelled"}
+        }
+    except redis.RedisError as exc:
+        log.warning(
+            "stream %s: Redis failed (%s); generation stopped", request.get("stream_key"), exc
+        )
+        return {"error": {"message": f"Redis failed: {exc}", "param": None}}
+    if publisher is not None:
+        publisher.finish(answer)
+    return answer
+
+
+def _generate(request: dict[str, Any], publisher: StreamPublisher | None) -> dict[str, Any]:
     from worker.training.generate import DeadlineExceeded, generate
     from worker.training.model_loading import ModelUnavailable
 
@@ -42,6 +115,10 @@ def handle_generate(request: dict[str, Any]) -> dict[str, Any]:
                 "param": "model",
             }
         }
+    streaming: dict[str, Any] = {}
+    if publisher is not None:
+        streaming["on_start"] = lambda: publisher.push({"type": "start"})
+        streaming["on_chunk"] = lambda chunk: publisher.push({"type": "chunk", **chunk})
     try:
         return generate(
             location,
@@ -55,6 +132,8 @@ def handle_generate(request: dict[str, Any]) -> dict[str, Any]:
             echo=bool(request.get("echo", False)),
             top_k=request.get("top_k"),
             deadline=deadline,
+            logprobs=request.get("logprobs"),
+            **streaming,
         )
     except DeadlineExceeded:
         return deadline_error(request.get("model"))

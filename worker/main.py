@@ -5,6 +5,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -12,14 +13,14 @@ import time
 import uuid
 
 from shared.logging_setup import configure_logging
-from shared.naming import INFERENCE_QUEUE, TRAINING_QUEUE
+from shared.naming import INFERENCE_QUEUE, TRAINING_QUEUE, worker_queue
 from shared.settings import get_settings
 
 log = logging.getLogger("gpt2ft.worker")
 
 
 def celery_command(queue: str, name: str) -> list[str]:
-    """One solo-pool Celery worker on one queue: a single job at a time, no prefetch."""
+    """One solo-pool Celery worker on queue (comma-separated names): one job at a time."""
     return [
         sys.executable,
         "-m",
@@ -120,9 +121,11 @@ def run_worker() -> int:
         log.error("%s", exc)
         return 2
     suffix = uuid.uuid4().hex[:6]
+    # The training process also serves its own queue: jobs only it has the memory for.
+    training = f"{TRAINING_QUEUE},{worker_queue(f'{socket.gethostname()}-{suffix}')}"
     named = {
-        queue: start_child(queue, f"{queue}-{suffix}", env)
-        for queue in (TRAINING_QUEUE, INFERENCE_QUEUE)
+        queue: start_child(consumes, f"{queue}-{suffix}", env)
+        for queue, consumes in ((TRAINING_QUEUE, training), (INFERENCE_QUEUE, INFERENCE_QUEUE))
     }
     stop = threading.Event()
     signalled: list[int] = []

@@ -49,6 +49,7 @@ class Outcome(StrEnum):
     paused = "paused"
     requeued = "requeued"  # the worker shut down: checkpointed and back in the queue
     retried = "retried"  # out of GPU memory: back in the queue with a smaller micro-batch
+    forwarded = "forwarded"  # needs more memory than this worker offers: sent to one that fits
     lease_lost = "lease_lost"  # the job is not this worker's any more: nothing written
     left_for_sweep = "left_for_sweep"  # the database was away: the sweep decides later
 

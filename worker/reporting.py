@@ -121,9 +121,13 @@ class DbReporter:
         self._prune_scratch(path)
 
     def _prune_scratch(self, latest: Path) -> None:
-        """Published checkpoints leave scratch, except the newest and the best."""
+        """Published checkpoints leave scratch, except the newest and the best.
+
+        Only older ones: with n_gpus > 1, rank 0 may already have written the next one.
+        """
         for folder in latest.parent.glob("step-*"):
-            if folder not in (latest, self.best_checkpoint):
+            # step-NNNNNNNN: zero-padded, so names sort as steps do.
+            if folder.name < latest.name and folder != self.best_checkpoint:
                 shutil.rmtree(folder, ignore_errors=True)
 
     def on_message(self, message: str, data: dict[str, Any] | None = None) -> None:

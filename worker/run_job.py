@@ -49,6 +49,14 @@ if TYPE_CHECKING:  # the engine imports torch: only inside the functions that ru
 log = logging.getLogger(__name__)
 
 
+class NotHere(Exception):
+    """The job needs more memory than this worker offers: another worker should run it."""
+
+    def __init__(self, summary: dict[str, Any], offered: int) -> None:
+        super().__init__(f"needs {summary['memory_estimate']['total_bytes']} bytes")
+        self.summary, self.offered = summary, offered
+
+
 class JobFailure(Exception):
     """A job that cannot succeed as submitted; becomes the job's OpenAI-shaped error."""
 
@@ -115,6 +123,11 @@ def run_job(job_id: str, worker_id: str) -> Outcome:
             return OUTCOME_HANDLERS[run.result.stopped](run)
         except LeaseLost:
             return handle_lease_lost(lease)
+        except NotHere as elsewhere:
+            from worker.dispatch import forward
+
+            moved = forward(lease, plan_stats(elsewhere.summary), elsewhere.offered)
+            return Outcome.forwarded if moved else Outcome.lease_lost
         except JobFailure as failure:
             return handle_failure(lease, failure.error)
         except Exception as exc:
@@ -219,13 +232,34 @@ def prepare(
     except PlanError as exc:
         raise JobFailure("invalid_hyperparameters", str(exc), exc.param) from None
     if check_memory:
+        from worker.fleet import capacity_bytes
         from worker.training.device import pick_device
         from worker.training.memory import memory_problem
 
-        problem = memory_problem(plan.summary["memory_estimate"], str(pick_device()))
+        device = pick_device()
+        offered = capacity_bytes(device)
+        if offered is not None and plan.summary["memory_estimate"]["total_bytes"] > offered:
+            raise NotHere(plan.summary, offered)
+        problem = memory_problem(plan.summary["memory_estimate"], str(device))
         if problem:
             raise JobFailure("insufficient_memory", problem, None)
+        problem = gpu_count_problem(plan.spec.n_gpus, pick_device().type)
+        if problem:
+            raise JobFailure("insufficient_gpus", problem, "n_gpus")
     return plan
+
+
+def gpu_count_problem(n_gpus: int, device_type: str) -> str | None:
+    """Why this worker cannot give the job n_gpus ranks; None when it can.
+
+    A worker training on the CPU runs the ranks there (gloo): slow, but the same code path.
+    """
+    from worker.training.device import gpu_count
+
+    have = gpu_count()
+    if n_gpus > 1 and device_type == "cuda" and have < n_gpus:
+        return f"n_gpus {n_gpus}: this worker has {have} GPU{'s' if have > 1 else ''}"
+    return None
 
 
 def _train_claimed(
@@ -233,6 +267,7 @@ def _train_claimed(
 ) -> TrainedRun:
     """Validate, plan and train in the attempt's scratch folder work; resume from the store."""
     from worker.training.engine import train
+    from worker.training.launch import train_on_ranks
 
     job = _snapshot(lease.job_id)
     record(lease, [f"Validating training file: {job.training_file}"])
@@ -271,7 +306,9 @@ def _train_claimed(
     )
     reporter.best_checkpoint = best
     assert plan.train_examples is not None and plan.valid_examples is not None  # __post_init__
-    result = train(
+    # n_gpus > 1: torchrun ranks in a child process; this process keeps the lease and publishes.
+    run_engine = train if plan.spec.n_gpus == 1 else train_on_ranks
+    result = run_engine(
         plan.spec,
         plan.train_examples,
         plan.valid_examples,

@@ -1,12 +1,15 @@
 """Completions: text from a base model, a fine-tuned model or a checkpoint."""
 
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 
 from api.auth import Owner
 from api.errors import ApiError, not_found
 from api.queue import run_completion
-from api.routes.models import find_checkpoint, find_fine_tuned
+from api.routes.models import find_checkpoint, find_fine_tuned, require_available
 from api.schemas import ChoiceOut, CompletionCreate, CompletionOut
+from api.streaming import StreamShape, completion_logprobs, stream_response
 from shared.catalog import find_base_model
 from shared.db.session import session_scope
 from shared.ids import new_id, now_ts
@@ -20,6 +23,7 @@ def model_location(owner: str, model_id: str) -> str:
     """Where a worker loads model_id from: a base's folder or hub id, or a stored set; else 404."""
     base = find_base_model(model_id, get_settings().resolved_models_dir)
     if base is not None:
+        require_available(base)
         return base.location
     with session_scope() as session:
         model = find_fine_tuned(session, owner, model_id)
@@ -47,6 +51,7 @@ def generation_request(body: CompletionCreate, location: str) -> dict[str, objec
         "seed": body.seed,
         "echo": body.echo,
         "top_k": body.top_k,
+        "logprobs": body.logprobs,
     }
 
 
@@ -72,28 +77,47 @@ def check_generated_tokens(body: CompletionCreate) -> None:
     "",
     response_model=CompletionOut,
     operation_id="createCompletion",
-    summary="Generate text",
-    responses={503: {"description": "no inference worker answered in time"}},
+    summary="Generate text (stream=true: Server-Sent Events)",
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        503: {"description": "no inference worker answered in time"},
+    },
 )
-def create_completion(body: CompletionCreate, owner: Owner) -> CompletionOut:
-    """Ask an inference worker for text and wait (a plain def: the wait runs in the threadpool)."""
+async def create_completion(
+    body: CompletionCreate, owner: Owner
+) -> CompletionOut | StreamingResponse:
+    """Ask an inference worker for text: wait for all of it, or stream it as it comes."""
     if isinstance(body.prompt, list) and not body.prompt:
         raise ApiError(400, "prompt: give a string or a non-empty list of strings", param="prompt")
+    if body.stream_options is not None and not body.stream:
+        raise ApiError(
+            400, "stream_options is only allowed with stream: true", param="stream_options"
+        )
     check_generated_tokens(body)
-    location = model_location(owner, body.model)
+    location = await run_in_threadpool(model_location, owner, body.model)
+    request = generation_request(body, location)
+    if body.stream:
+        prompts = 1 if isinstance(body.prompt, str) else len(body.prompt)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        shape = StreamShape(new_id("cmpl"), body.model, include_usage=include_usage)
+        return await stream_response(owner, request, shape, prompts * body.n)
     settings = get_settings()
-    answer = run_completion(
-        owner, generation_request(body, location), settings.completion_timeout_seconds
+    answer = await run_in_threadpool(
+        run_completion, owner, request, settings.completion_timeout_seconds
     )
     if "error" in answer:
         error = answer["error"] or {}
         raise ApiError(
             400, str(error.get("message", "generation failed")), param=error.get("param")
         )
+    choices = [
+        ChoiceOut(**{**choice, "logprobs": completion_logprobs(choice.get("logprobs"))})
+        for choice in answer.get("choices", [])
+    ]
     return CompletionOut(
         id=new_id("cmpl"),
         created=now_ts(),
         model=body.model,
-        choices=[ChoiceOut(**choice) for choice in answer.get("choices", [])],
+        choices=choices,
         usage=answer.get("usage"),
     )

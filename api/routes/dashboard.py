@@ -17,7 +17,17 @@ CONTENT_TYPES = {
     "style.css": "text/css; charset=utf-8",
     **{
         f"{module}.js": JS
-        for module in ("app", "lib", "chart", "jobs", "job", "job-form", "resolved", "playground")
+        for module in (
+            "app",
+            "lib",
+            "chart",
+            "jobs",
+            "job",
+            "job-form",
+            "resolved",
+            "playground",
+            "stream",
+        )
     },
 }
 # no-cache: browsers revalidate, so an upgraded service never runs yesterday's app.js.

@@ -17,7 +17,7 @@ from api.auth import Owner
 from api.errors import ApiError, not_found
 from api.schemas import Deleted, ListPage, ModelOut
 from api.stored import stored_response
-from shared.catalog import BaseModelEntry, find_base_model, list_base_models
+from shared.catalog import BaseModelEntry, find_base_model, list_base_models, unavailable_reason
 from shared.db.session import session_scope
 from shared.db.tables import Checkpoint, FineTunedModel
 from shared.ids import now_ts
@@ -31,7 +31,24 @@ router = APIRouter(prefix="/models", tags=["models"])
 def base_model_out(model: BaseModelEntry) -> ModelOut:
     """A base model: owned by gpt2ft when local, by its hub organisation when catalog."""
     owned_by = "gpt2ft" if model.source == "local" else model.location.split("/")[0]
-    return ModelOut(id=model.name, created=model.created, owned_by=owned_by)
+    reason = unavailable_reason(model, get_settings().resolved_models_dir)
+    return ModelOut(
+        id=model.name,
+        created=model.created,
+        owned_by=owned_by,
+        available=reason is None,
+        unavailable_reason=reason,
+    )
+
+
+def require_available(base: BaseModelEntry) -> None:
+    """400 model_not_available, before anything is queued, for a base this host cannot load.
+
+    The message is the one a job on that model fails with (shared.catalog): what to run.
+    """
+    reason = unavailable_reason(base, get_settings().resolved_models_dir)
+    if reason is not None:
+        raise ApiError(400, reason, param="model", code="model_not_available")
 
 
 def find_fine_tuned(session: Session, owner: str, model_id: str) -> FineTunedModel | None:

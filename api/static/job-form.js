@@ -94,7 +94,9 @@ async function loadFiles(chosen) {
 
 export async function enterNewJob() {
   const models = await api("/v1/models");
-  const bases = models.data.filter((m) => !m.id.startsWith("ft:")).map((m) => [m.id, m.id]);
+  const bases = models.data
+    .filter((m) => !m.id.startsWith("ft:"))
+    .map((m) => [m.id, m.available === false ? `${m.id} (not available here)` : m.id]);
   fillSelect($("job-model"), bases, $("job-model").value);
   await loadFiles($("job-training-file").value);
   showMethodFields();

@@ -197,7 +197,12 @@ async function renderDetails(job) {
   }
   const final = job.final_metrics || {};
   if (typeof final.memorization_fraction === "number") {
-    rows.push(fact("Memorization", `${percent(final.memorization_fraction, 1)} of ${final.memorization_samples} samples repeat 8 training tokens verbatim`, "memorization"));
+    // The base model's figure beside it: the increase is what the fine-tuning added.
+    const base = final.memorization_fraction_base;
+    const beside = typeof base === "number"
+      ? `; base model ${percent(base, 1)}, increase ${final.memorization_increase >= 0 ? "+" : ""}${percent(final.memorization_increase, 1)}`
+      : "";
+    rows.push(fact("Memorization", `${percent(final.memorization_fraction, 1)} of ${final.memorization_samples} samples repeat 8 training tokens verbatim${beside}`, "memorization"));
   }
   if (final.early_stopped) rows.push(fact("Early stopped", `best step ${final.best_step}`, "early-stopped"));
   const metadata = Object.entries(job.metadata || {});

@@ -90,7 +90,7 @@ export function apiKey() {
   return localStorage.getItem(KEY_STORAGE) || "";
 }
 
-async function request(path, { method = "GET", json, form, headers = {}, signal } = {}) {
+export async function request(path, { method = "GET", json, form, headers = {}, signal } = {}) {
   const all = { Authorization: `Bearer ${apiKey()}`, ...headers };
   let body;
   if (json !== undefined) {

@@ -1,5 +1,6 @@
 // Playground: one prompt, one or two models side by side, any checkpoint of a fine-tune.
 import { $, api, el, guarded } from "./lib.js";
+import { streamText } from "./stream.js";
 
 const PANES = ["a", "b"];
 const CHECKPOINT_MARK = ":ckpt-step-";
@@ -14,11 +15,15 @@ function baseOf(modelId) {
   return modelId.startsWith("ft:") ? modelId.split(":")[1] : modelId;
 }
 
-function modelOptions(ids, extra) {
+function modelOptions(ids, extra, unavailable = new Map()) {
   const base = ids.filter((id) => !id.startsWith("ft:"));
   const tuned = [...ids.filter((id) => id.startsWith("ft:")), ...extra];
-  const group = (label, list, note = "") =>
-    list.length ? el("optgroup", { label }, list.map((id) => el("option", { value: id }, `${id}${note}`))) : null;
+  // A base model this host cannot load (/v1/models says available: false): shown, not pickable.
+  const option = (id) =>
+    unavailable.has(id)
+      ? el("option", { value: id, disabled: true, title: unavailable.get(id) }, `${id} (not available here)`)
+      : el("option", { value: id }, id);
+  const group = (label, list) => (list.length ? el("optgroup", { label }, list.map(option)) : null);
   return [group("Fine-tuned", tuned), group("Base models", base)].filter(Boolean);
 }
 
@@ -58,7 +63,9 @@ function pick(select, wanted) {
 }
 
 export async function enterPlayground(route) {
-  const models = (await api("/v1/models")).data.map((m) => m.id);
+  const listed = (await api("/v1/models")).data;
+  const models = listed.map((m) => m.id);
+  const unavailable = new Map(listed.filter((m) => m.available === false).map((m) => [m.id, m.unavailable_reason]));
   const requested = [route.model, route.compare].filter(Boolean);
   // A checkpoint of a job still training: its final model is not listed yet, offer it anyway.
   const unlisted = requested
@@ -67,10 +74,10 @@ export async function enterPlayground(route) {
   for (const pane of PANES) {
     const select = $(`play-model-${pane}`);
     const previous = select.value;
-    select.replaceChildren(...modelOptions(models, [...new Set(unlisted)]));
+    select.replaceChildren(...modelOptions(models, [...new Set(unlisted)], unavailable));
     pick(select, previous);
   }
-  const first = route.model || $("play-model-a").value || models.find((id) => id.startsWith("ft:")) || models[0];
+  const first = route.model || $("play-model-a").value || models.find((id) => id.startsWith("ft:")) || models.find((id) => !unavailable.has(id));
   pick($("play-model-a"), first && first.split(CHECKPOINT_MARK)[0]);
   const second = route.compare || (route.model ? baseOf(route.model) : $("play-model-b").value) || baseOf(first || "");
   pick($("play-model-b"), second && second.split(CHECKPOINT_MARK)[0]);
@@ -115,10 +122,11 @@ async function generate(pane) {
   const started = performance.now();
   const body = completionBody(model);
   try {
-    const result = await api("/v1/completions", { method: "POST", json: body });
-    const choice = result.choices[0];
-    output.replaceChildren(el("b", {}, body.prompt), choice.text);
-    const tokens = result.usage ? `${result.usage.completion_tokens} tokens · ` : "";
+    // Streamed: the text shows as the model writes it.
+    const show = (text) => output.replaceChildren(el("b", {}, body.prompt), text);
+    const choice = await streamText("/v1/completions", body, show);
+    show(choice.text);
+    const tokens = choice.usage ? `${choice.usage.completion_tokens} tokens · ` : "";
     const seconds = ((performance.now() - started) / 1000).toFixed(1);
     meta.textContent = `${model} · ${tokens}finish: ${choice.finish_reason} · ${seconds} s`;
     output.dataset.done = "true";

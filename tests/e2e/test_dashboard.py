@@ -385,6 +385,7 @@ def test_playground_compares_a_checkpoint_with_its_base_model(
         page.wait_for_selector(f"#play-output-{pane}[data-done=true]", timeout=120_000)
     assert sorted(body["model"] for body in sent) == sorted([checkpoint, "gpt2-tiny"])
     for body in sent:
+        assert body.pop("stream") is True and body.pop("stream_options") == {"include_usage": True}
         expected = http.post("/completions", json=body).json()["choices"][0]["text"]
         pane = "a" if body["model"] == checkpoint else "b"
         assert page.inner_text(f"#play-output-{pane}") == "Why did the" + expected

@@ -81,6 +81,7 @@ def test_lora_job_then_download_and_load(
     assert 0 < extra["trainable_parameters"] < extra["total_parameters"]
     assert extra["final_metrics"]["kept"] == "best"
     assert 0.0 <= extra["final_metrics"]["memorization_fraction"] <= 1.0
+    assert 0.0 <= extra["final_metrics"]["memorization_fraction_base"] <= 1.0
     assert job.hyperparameters.model_extra["lr_scheduler"] == "cosine"
 
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=1000))

@@ -2,6 +2,7 @@
 
 import io
 import json
+import tarfile
 
 import httpx
 import pytest
@@ -79,6 +80,55 @@ def test_classification_job_and_classifications(client, service: Service) -> Non
         timeout=120,
     )
     assert completion.status_code == 400 and "/v1/classifications" in completion.text
+
+
+def test_lora_classification_job_serves_and_downloads(client, service: Service) -> None:
+    rows = [(t, "pos") for t in POSITIVE] + [(t, "neg") for t in NEGATIVE]
+    records = [{"text": text, "label": label} for text, label in rows] * 3
+    training = upload(client, "reviews.jsonl", jsonl(records))
+    job = client.fine_tuning.jobs.create(
+        model="gpt2-tiny",
+        training_file=training.id,
+        hyperparameters={"n_epochs": 6, "batch_size": 8},
+        seed=3,
+        extra_body={
+            "training_method": "lora",
+            "lora": {"r": 4, "alpha": 8},
+            "learning_rate": 1e-2,
+            "max_length": 32,
+            "warmup_ratio": 0.0,
+        },
+    )
+    assert watch(client, job.id, TERMINAL)[-1] == "succeeded", client.fine_tuning.jobs.retrieve(
+        job.id
+    ).error
+    job = client.fine_tuning.jobs.retrieve(job.id)
+    extra = job.model_extra or {}
+    assert extra["training_method"] == "lora" and job.hyperparameters.model_extra["task"] == (
+        "classification"
+    )
+    assert 0 < extra["trainable_parameters"] < extra["total_parameters"]
+
+    headers = {"Authorization": f"Bearer {service.api_key}"}
+    texts, labels = [t for t, _ in rows], [label for _, label in rows]
+    answer = httpx.post(
+        f"{service.url}/v1/classifications",
+        json={"model": job.fine_tuned_model, "input": texts},
+        headers=headers,
+        timeout=120,
+    )
+    assert answer.status_code == 200, answer.text
+    assert [d["label"] for d in answer.json()["data"]] == labels
+
+    # The download holds the merged classifier and the adapter (with its trained head).
+    archive = httpx.get(
+        f"{service.url}/v1/models/{job.fine_tuned_model}/content", headers=headers, timeout=120
+    )
+    assert archive.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames()}
+    assert {"config.json", "model.safetensors", "adapter/adapter_config.json",
+            "adapter/adapter_model.safetensors"} <= names  # fmt: skip
 
 
 def test_completion_format_job(client, service: Service) -> None:

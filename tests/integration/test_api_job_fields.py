@@ -25,6 +25,7 @@ HYPERPARAMETER_SAMPLES: dict[str, Any] = {
     "early_stopping_patience": 2,
     "keep": "last",
     "gradient_checkpointing": True,
+    "n_gpus": 2,
     "learning_rate": 0.001,
     "block_size": 64,
     "gradient_accumulation_steps": 2,

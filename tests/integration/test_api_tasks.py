@@ -29,6 +29,11 @@ def test_task_is_inferred_and_stored(api: TestClient, alice: dict[str, str]) -> 
         assert row is not None and row.options is not None
         assert row.options["task"] == "classification" and row.options["max_length"] == 64
 
+    # LoRA trains classifiers too (a SEQ_CLS adapter plus the score head).
+    lora = create(api, alice, training_file=labeled["id"], training_method="lora")
+    assert lora.status_code == 200, lora.text
+    assert lora.json()["training_method"] == "lora"
+
     qa = upload(api, alice, QA, name="qa.jsonl")
     job = create(api, alice, training_file=qa["id"]).json()
     assert job["hyperparameters"]["task"] == "completion"
@@ -45,7 +50,6 @@ def test_task_is_inferred_and_stored(api: TestClient, alice: dict[str, str]) -> 
         ("text", {"task": "regression"}, 422, "task", "task"),
         ("text", {"max_length": 4}, 422, "max_length", "max_length"),
         ("labeled+qa", {}, 400, "holds completion records", "validation_file"),
-        ("labeled", {"training_method": "lora"}, 400, "full", "training_method"),
     ],
 )  # fmt: skip
 def test_task_errors(

@@ -12,9 +12,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from api.limits import stored_bytes
-from shared.catalog import find_base_model, model_shape, output_bytes_estimate
+from shared.catalog import find_base_model
 from shared.db.session import session_scope
 from shared.db.tables import Checkpoint, File, FineTunedModel, Job
+from shared.model_size import model_shape, output_bytes_estimate
 from shared.settings import get_settings
 from shared.storage import checkpoints_prefix, get_storage, step_of
 from tests.integration.conftest import GOOD_JSONL, upload

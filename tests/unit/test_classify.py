@@ -115,9 +115,63 @@ def test_transfer_classifier_trains_top_block_and_head_only(models_dir: Path) ->
     )
     assert not model.transformer.wte.weight.requires_grad
     assert not model.transformer.h[0].attn.c_attn.weight.requires_grad
-    plan.spec.method = MethodOptions(training_method="lora")
-    with pytest.raises(ValueError, match="not lora"):
-        load_for_task(plan.spec, torch.device("cpu"), None)
+
+
+def test_lora_classifier_learns_saves_adapter_and_merged_model_and_resumes(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    plan = make_plan(
+        models_dir, "classification", LABELED * 3, LABELED,
+        n_epochs=6, batch_size=8, learning_rate=1e-2, warmup_ratio=0.0,
+    )  # fmt: skip
+    plan.spec.method = MethodOptions(training_method="lora", lora={"r": 4, "alpha": 8})
+    model = load_for_task(plan.spec, torch.device("cpu"), None)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    # The adapter and the (fully trained) score head; no base weight.
+    assert any("lora_A" in name for name in trainable)
+    assert any("score" in name and "lora" not in name for name in trainable)
+    assert not any("wte" in name or name.endswith("c_attn.weight") for name in trainable)
+
+    callbacks, model_dir = run(plan, tmp_path)
+    first, last = callbacks.evals[0][1], callbacks.evals[-1][1]
+    assert last["valid_loss"] < first["valid_loss"] and last["valid_accuracy"] == 1.0
+
+    # The merged model is a plain classifier; the adapter (with its head) sits beside it.
+    assert is_classifier(model_dir)
+    merged = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    assert merged.config.id2label == {0: "neg", 1: "pos"}
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {
+        p.name for p in (model_dir / "adapter").iterdir()
+    }
+    answers = classify(str(model_dir), [POSITIVE[0], NEGATIVE[3]])
+    assert [a["label"] for a in answers] == ["pos", "neg"]
+
+    # The adapter applied to the base gives the merged model's answers.
+    from peft import PeftModel
+
+    from worker.training.classify import load_classifier
+
+    base = load_classifier(plan.spec.model_location, "cpu", ["neg", "pos"])
+    adapted = PeftModel.from_pretrained(base, model_dir / "adapter").eval()
+    ids = torch.tensor([[31373, 995]])
+    with torch.no_grad():
+        assert torch.allclose(
+            adapted(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-4
+        )
+
+    # Resume from a mid-run checkpoint: the head comes back from the adapter, not fresh.
+    paused = PauseAfter(steps=2)
+    args = (plan.spec, plan.train_examples, plan.valid_examples)
+    result = train(*args, tmp_path / "p" / "c", tmp_path / "p" / "m", paused)  # type: ignore[arg-type]
+    assert (result.stopped, result.step) == ("pause", 2)
+    resumed = RecordingCallbacks()
+    checkpoint = latest_checkpoint(tmp_path / "p" / "c")
+    result = train(
+        *args, tmp_path / "p" / "c", tmp_path / "p" / "m", resumed, resume_from=checkpoint
+    )  # type: ignore[arg-type]
+    assert result.stopped is None
+    assert resumed.logs == callbacks.logs[2:]
 
 
 @dataclass

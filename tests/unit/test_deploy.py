@@ -4,6 +4,7 @@ Static checks here; `make compose-smoke` (scripts/compose-smoke.sh) runs the sta
 """
 
 import ast
+import contextlib
 import importlib.metadata
 import os
 import re
@@ -200,7 +201,10 @@ def test_the_worker_reserves_one_gpu_and_the_cpu_override_swaps_it(
     assert command_text(worker) == "gpt2ft worker"
     assert worker["build"]["dockerfile"] == "Dockerfile.worker"
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    # device_ids, not count: a count makes Docker hand out GPU 0 to every replica.
+    assert devices == [
+        {"driver": "nvidia", "device_ids": ["${GPT2FT_GPU:-0}"], "capabilities": ["gpu"]}
+    ]
     # The CPU worker is the same service without a device, off unless the override says so.
     assert {k: v for k, v in cpu.items() if k != "deploy"} == {
         k: v for k, v in worker.items() if k != "deploy"
@@ -417,3 +421,138 @@ def test_docker_compose_accepts_the_files(files: list[str]) -> None:
     cpu = len(files) == 2
     assert replicas == {"worker": 0 if cpu else 1, "worker-cpu": 1 if cpu else 0}
     assert "devices" in str(services["worker"]["deploy"])
+
+
+def compose_config(files: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`compose -f ... config` with the real compose, env on top of a clean environment."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("GPT2FT_", "POSTGRES_"))}
+    command = compose_command() + [arg for name in files for arg in ("-f", name)]
+    return subprocess.run(
+        [*command, "config"], capture_output=True, text=True, cwd=REPO, env={**base, **env}
+    )
+
+
+def published(service: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(host ip, host port, container port): 1.29 prints "ip:port:port/tcp", v2 mappings."""
+    found = []
+    for port in service.get("ports", []):
+        if isinstance(port, str):
+            ip, host, target = port.split("/")[0].rsplit(":", 2)
+            found.append((ip, int(host), int(target)))
+        else:
+            found.append((port["host_ip"], int(port["published"]), int(port["target"])))
+    return found
+
+
+def volume_sources(service: dict[str, Any]) -> list[str]:
+    return [v.split(":")[0] if isinstance(v, str) else v["source"] for v in service["volumes"]]
+
+
+def reservation(service: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(service["deploy"]["resources"]["reservations"]["devices"])
+
+
+def test_one_worker_service_per_gpu(tmp_path: Path) -> None:
+    """scripts/compose_gpus.py N: N copies of `worker`, each on its own GPU; the real compose
+    accepts the override and keeps the devices apart."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from compose_gpus import main
+    finally:
+        sys.path.pop(0)
+    override = tmp_path / "docker-compose.gpus.yml"
+    with override.open("w") as out, contextlib.redirect_stdout(out):
+        assert main(["3"]) == 0
+    result = compose_config(["docker-compose.yml", str(override)], {"POSTGRES_PASSWORD": "x"})
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    gpus = {name: reservation(services[name]) for name in services if name.startswith("worker-gpu")}
+    assert {name: devices[0]["device_ids"] for name, devices in gpus.items()} == {
+        "worker-gpu0": ["0"], "worker-gpu1": ["1"], "worker-gpu2": ["2"],
+    }  # fmt: skip
+    assert all(d[0]["capabilities"] == ["gpu"] and "count" not in d[0] for d in gpus.values())
+    assert services["worker"]["deploy"]["replicas"] == 0
+    # Otherwise each is the worker: same image, command, environment, volume and checks.
+    same = ("image", "command", "environment", "volumes", "healthcheck", "depends_on")
+    for name in gpus:
+        assert {k: services[name][k] for k in same} == {k: services["worker"][k] for k in same}
+    # The same for a worker host's file.
+    text = subprocess.run(
+        [sys.executable, str(REPO / "scripts/compose_gpus.py"), "2", "--base",
+         str(REPO / "docker-compose.workers.yml")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "worker-data:/data" in text and "device_ids:\n            - '1'" in text
+
+
+S3_KEYS = {"GPT2FT_S3_ACCESS_KEY": "ak", "GPT2FT_S3_SECRET_KEY": "sk"}
+
+
+def test_the_s3_service_is_a_profile_and_the_s3_override_points_everyone_at_it() -> None:
+    compose = load_compose("docker-compose.yml", {"POSTGRES_PASSWORD": "x"})
+    s3 = compose["services"]["s3"]
+    assert s3["profiles"] == ["s3"] and "seaweedfs" in s3["image"]
+    assert s3["command"][0] == "mini" and "ports" not in s3  # private unless the hub says
+    files = ["docker-compose.yml", "docker-compose.s3.yml"]
+    missing = compose_config(files, {"POSTGRES_PASSWORD": "x"})
+    assert missing.returncode != 0 and "set GPT2FT_S3_ACCESS_KEY" in missing.stderr
+    result = compose_config(files, {"POSTGRES_PASSWORD": "x", **S3_KEYS})
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    # `--profile s3` starts it; another store needs none (v2 leaves it out, 1.29 lists it).
+    assert "s3" not in services or services["s3"]["profiles"] == ["s3"]
+    for name in ("setup", "api", *WORKERS):
+        env = services[name]["environment"]
+        assert env["GPT2FT_STORAGE_URL"] == "s3://gpt2ft/main"
+        assert env["AWS_ENDPOINT_URL"] == "http://s3:8333"
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == ("ak", "sk")
+        assert env["REDIS_URL"] == "redis://redis:6379/0"  # the base file's, merged
+    s3_env = load_compose("docker-compose.s3.yml", S3_KEYS)["services"]["s3"]["environment"]
+    assert s3_env == {
+        "AWS_ACCESS_KEY_ID": "ak",
+        "AWS_SECRET_ACCESS_KEY": "sk",
+        "S3_BUCKET": "gpt2ft",
+    }
+
+
+def test_a_worker_host_reaches_only_the_first_hosts_postgres_redis_and_s3() -> None:
+    hub = {"POSTGRES_PASSWORD": "pw", "GPT2FT_HUB_BIND": "10.0.0.5", **S3_KEYS}
+    first = compose_config(
+        ["docker-compose.yml", "docker-compose.s3.yml", "docker-compose.hub.yml"], hub
+    )
+    assert first.returncode == 0, first.stderr
+    services_of_first = yaml.safe_load(first.stdout)["services"]
+    assert {"postgres", "redis"} <= set(services_of_first)
+    for name, port in (("postgres", 5432), ("redis", 6379), ("s3", 8333)):
+        if name in services_of_first:
+            assert published(services_of_first[name]) == [("10.0.0.5", port, port)], name
+    assert (
+        "set GPT2FT_HUB_BIND"
+        in compose_config(
+            ["docker-compose.yml", "docker-compose.hub.yml"], {"POSTGRES_PASSWORD": "pw"}
+        ).stderr
+    )
+
+    env = {"POSTGRES_PASSWORD": "pw", "GPT2FT_HUB": "10.0.0.5", **S3_KEYS}
+    assert (
+        "set GPT2FT_HUB"
+        in compose_config(
+            ["docker-compose.workers.yml"], {k: v for k, v in env.items() if k != "GPT2FT_HUB"}
+        ).stderr
+    )
+    result = compose_config(["docker-compose.workers.yml"], env)
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    services = config["services"]
+    assert set(services) == {"setup", "worker", "worker-cpu"}  # no database, broker or API
+    for name in services:
+        worker_env = services[name]["environment"]
+        assert worker_env["DATABASE_URL"] == "postgresql+psycopg://gpt2ft:pw@10.0.0.5:5432/gpt2ft"
+        assert worker_env["REDIS_URL"] == "redis://10.0.0.5:6379/0"
+        assert worker_env["GPT2FT_STORAGE_URL"].startswith("s3://")
+        assert worker_env["AWS_ENDPOINT_URL"] == "http://10.0.0.5:8333"
+        # Its own volume: no folder shared with the first host.
+        assert volume_sources(services[name]) == ["worker-data"]
+    assert reservation(services["worker"])[0]["device_ids"] == ["0"]
+    assert services["worker-cpu"]["deploy"]["replicas"] == 0
+    assert services["worker"]["command"] == ["gpt2ft", "worker"]

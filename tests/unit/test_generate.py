@@ -106,3 +106,58 @@ def test_generation_stops_at_the_deadline(tiny: str, monkeypatch: pytest.MonkeyP
         generate(tiny, ["Hello", "World"], max_tokens=200, temperature=0, deadline=start + 5)
     # The criteria looked once per token: about 5 tokens, not 200 (nor 400 for both prompts).
     assert len(looks) <= 7
+
+
+def test_logprobs_are_the_models_log_softmax(tiny: str) -> None:
+    """Each token's logprob and alternatives equal log_softmax of the raw logits of one
+    plain forward pass over prompt + completion (the loop uses a KV cache and temperature)."""
+    import torch
+
+    result = generate(tiny, ["Hello world"], max_tokens=6, temperature=1.5, seed=2, logprobs=3)
+    choice = result["choices"][0]
+    entries = choice["logprobs"]
+    model, tokenizer = generation.cached_model(tiny)
+    prompt_ids = tokenizer("Hello world").input_ids
+    new_ids = tokenizer(choice["text"]).input_ids
+    assert "".join(e["token"] for e in entries) == choice["text"]
+    assert len(entries) == len(new_ids) == 6
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + new_ids])).logits[0].float()
+    expected = torch.log_softmax(logits, dim=-1)[len(prompt_ids) - 1 : -1]
+    for entry, token_id, row in zip(entries, new_ids, expected, strict=True):
+        assert abs(entry["logprob"] - float(row[token_id])) < 1e-4
+        best = torch.topk(row, 3)
+        assert [t["logprob"] for t in entry["top"]] == pytest.approx(best.values.tolist(), abs=1e-4)
+        assert [t["token"] for t in entry["top"]] == [tokenizer.decode([i]) for i in best.indices]
+    # text_offset counts from the prompt's start, as OpenAI's does.
+    offsets = [e["offset"] for e in entries]
+    assert offsets[0] == len("Hello world")
+    assert [choice["text"][o - len("Hello world") :][:1] for o in offsets] == [
+        e["token"][:1] for e in entries
+    ]
+
+
+def test_streamed_chunks_add_up_to_the_plain_answer(tiny: str) -> None:
+    free = generate(tiny, ["Hello"], max_tokens=12, temperature=0)["choices"][0]["text"]
+    stop = [free[5:7]]  # met mid-way: text held back while it may be a stop string is cut
+    chunks: list[dict] = []
+    kwargs = {"max_tokens": 12, "n": 3, "seed": 7, "stop": stop, "logprobs": 1}
+    plain = generate(tiny, ["Hello", "A"], **kwargs)
+    streamed = generate(tiny, ["Hello", "A"], **kwargs, on_chunk=chunks.append)
+    assert streamed == plain
+    for choice in plain["choices"]:
+        mine = [c for c in chunks if c["index"] == choice["index"]]
+        assert "".join(c["text"] for c in mine) == choice["text"]
+        assert [c["finish_reason"] for c in mine][-1] == choice["finish_reason"]
+        assert all(c["finish_reason"] is None for c in mine[:-1])
+        assert sum(len(c["logprobs"]) for c in mine) == len(choice["logprobs"])
+    greedy = generate(tiny, ["Hello"], max_tokens=12, temperature=0, stop=stop)["choices"][0]
+    assert greedy["text"] == free[: free.index(stop[0])] and greedy["finish_reason"] == "stop"
+
+
+def test_echo_with_logprobs_scores_the_prompt(tiny: str) -> None:
+    result = generate(tiny, ["Hello big world"], max_tokens=2, echo=True, logprobs=0, seed=1)
+    entries = result["choices"][0]["logprobs"]
+    assert [e["token"] for e in entries[:3]] == ["Hello", " big", " world"]
+    assert entries[0]["logprob"] is None and entries[1]["logprob"] < 0
+    assert [e["offset"] for e in entries[:3]] == [0, 5, 9]

@@ -1,6 +1,7 @@
 """Results: best checkpoint, early stopping, keep best/last, memorization fraction."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +15,9 @@ from worker.training.engine import train
 from worker.training.plan import plan_training, with_method
 from worker.training.results import (
     BestState,
+    memorization_figures,
     memorization_fraction,
+    memorization_samples,
     should_stop_early,
     token_accuracy_counts,
     update_best,
@@ -49,6 +52,25 @@ def test_memorization_fraction_on_a_constructed_case() -> None:
     assert memorization_fraction([copied, near, other, spanning], train_blocks) == 0.25
     assert memorization_fraction([copied, copied], torch.tensor([list(range(100, 140))])) == 1.0
     assert memorization_fraction([], train_blocks) is None
+
+
+def test_whitespace_and_punctuation_runs_are_not_memorization(tokenizer_dir: Path) -> None:
+    from worker.training.tiny import load_bpe_tokenizer
+
+    tokenizer = load_bpe_tokenizer(tokenizer_dir)
+    # Licence text and indented code: runs of spaces, newlines and rules like "-----".
+    source = "def f():\n" + "        \n" * 20 + "    return 1\n" + "-" * 40 + "\n" + " . , ;" * 20
+    train_blocks = [tokenizer(source).input_ids]
+    blank = tokenizer("        \n" * 6 + "-" * 30).input_ids
+    dots = tokenizer(" . , ;" * 10).input_ids
+    assert len(blank) >= 8 and len(dots) >= 8
+    # Token ids alone: these match the training data (the figure was 1.0 for an untrained model).
+    assert memorization_fraction([blank, dots], train_blocks) == 1.0
+    # Their text is only whitespace and punctuation: nothing memorized.
+    assert memorization_fraction([blank, dots], train_blocks, tokenizer=tokenizer) == 0.0
+    # Words copied verbatim (with the indentation around them) still count.
+    copied = tokenizer("        \n    return 1\n" + "-" * 10).input_ids
+    assert memorization_fraction([copied], train_blocks, tokenizer=tokenizer) == 1.0
 
 
 def test_token_accuracy_ignores_masked_labels() -> None:
@@ -89,6 +111,10 @@ def test_diverging_run_stops_early_and_keeps_the_best(models_dir: Path, tmp_path
     best = [(step, m) for step, _, m in callbacks.checkpoints if m.get("is_best")]
     assert best[-1][0] == final["best_step"]
     assert 0.0 <= final["memorization_fraction"] <= 1.0 and final["memorization_samples"] == 4
+    assert 0.0 <= final["memorization_fraction_base"] <= 1.0
+    assert final["memorization_increase"] == pytest.approx(
+        final["memorization_fraction"] - final["memorization_fraction_base"]
+    )
     kept = AutoModelForCausalLM.from_pretrained(result.model_dir).state_dict()
     ckpt = tmp_path / "ckpt" / checkpoint_name(final["best_step"])
     saved = AutoModelForCausalLM.from_pretrained(ckpt).state_dict()
@@ -102,6 +128,36 @@ def test_keep_last_and_sample_prompts(models_dir: Path, tmp_path: Path) -> None:
     assert result.final_metrics["kept"] == "last"
     samples = [m for m in callbacks.messages if m.startswith("Sample at step ")]
     assert len(samples) == 2 and "'The quick' -> " in samples[0]
-    assert result.final_metrics["memorization_samples"] == 2
+    # The fine-tuned and the base model each answer the sample prompt once, with one seed.
+    assert result.final_metrics["memorization_samples"] == 1
     assert result.final_metrics["train_mean_token_accuracy"] >= 0.0
     assert "from the last weights" in callbacks.messages[-1]
+
+
+def test_a_model_trained_to_memorize_beats_its_base(models_dir: Path) -> None:
+    from worker.training.model_loading import load_causal_lm, load_tokenizer
+
+    location = str(models_dir / "gpt2-tiny")
+    tokenizer = load_tokenizer(location)
+    model = load_causal_lm(location, "cpu")
+    ids = tokenizer("The quick brown fox jumps over the lazy dog and runs far away.").input_ids
+    spec = SimpleNamespace(
+        task="causal_lm",
+        seed=1,
+        method=SimpleNamespace(sample_prompts=["The quick brown", "The quick"]),
+    )
+    run = SimpleNamespace(model=model, tokenizer=tokenizer, device=torch.device("cpu"),
+                          amp_dtype=None)  # fmt: skip
+    base = memorization_samples(run, spec)
+    # One sentence learnt by heart: its continuations repeat it; the random base's do not.
+    batch = torch.tensor([ids])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        model(input_ids=batch, labels=batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    figures = memorization_figures(base, memorization_samples(run, spec), [ids], tokenizer)
+    assert figures["memorization_fraction_base"] == 0.0
+    assert figures["memorization_fraction"] >= 0.5
+    assert figures["memorization_increase"] == figures["memorization_fraction"]
+    assert figures["memorization_samples"] == 2

@@ -152,7 +152,7 @@ def load_for_task(spec: Any, device: torch.device, resume_from: Path | None) -> 
         return load_for_training(spec, device, resume_from)
     method = spec.method.training_method
     if method == "lora":
-        raise ValueError("classification trains with training_method full or transfer, not lora")
+        return lora_classifier(spec, device, resume_from)
     if resume_from is not None:
         model = load_classifier(str(resume_from), device, None)
     else:
@@ -162,6 +162,24 @@ def load_for_task(spec: Any, device: torch.device, resume_from: Path | None) -> 
     if method == "transfer":
         freeze_below_head(model, spec.method.trainable_layers)
     return model
+
+
+def lora_classifier(spec: Any, device: torch.device, resume_from: Path | None) -> Any:
+    """The base with a fresh score head, wrapped in a SEQ_CLS adapter whose head trains in full.
+
+    The head is in modules_to_save: saved with the adapter and restored from it on resume
+    (the fresh head built here is then replaced by the checkpoint's).
+    """
+    from peft import PeftModel, get_peft_model
+
+    from worker.training.methods import ADAPTER_DIR, lora_config
+
+    # Seeded here: the head's init and the adapter's A matrices depend on spec.seed only.
+    torch.manual_seed(spec.seed)
+    base = load_classifier(spec.model_location, device, spec.labels)
+    if resume_from is not None:
+        return PeftModel.from_pretrained(base, resume_from / ADAPTER_DIR, is_trainable=True)
+    return get_peft_model(base, lora_config(spec.method, "SEQ_CLS"))
 
 
 def freeze_below_head(model: Any, trainable_layers: int) -> None:

@@ -20,6 +20,11 @@ def pick_device(requested: str | None = None) -> torch.device:
     return torch.device("cuda" if cuda.is_available() else "cpu")
 
 
+def gpu_count() -> int:
+    """CUDA devices this process sees (0 without CUDA)."""
+    return int(cuda.device_count()) if cuda.is_available() else 0
+
+
 def pick_amp_dtype(device: torch.device) -> torch.dtype | None:
     """bf16 where the GPU computes it natively, fp16 (with a GradScaler) on older GPUs, else None.
 

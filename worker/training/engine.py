@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from shared.spec import TrainingSpec
+from worker.training import distributed
 from worker.training.callbacks import StopReason, TrainingCallbacks
 from worker.training.checkpoints import (
     checkpoint_name,
@@ -26,7 +27,8 @@ from worker.training.examples import Examples, as_examples
 from worker.training.methods import Exportable, copy_model_files
 from worker.training.results import (
     early_stop_message,
-    memorization_fraction,
+    memorization_figures,
+    memorization_samples,
     sample_continuations,
     should_stop_early,
     update_best,
@@ -147,7 +149,10 @@ def start_loop(
     reset_peak(run_device)
     total_steps = steps_per_epoch * spec.n_epochs
     run = setup_run(spec, total_steps, run_device, resume_from, data, micro_batch_limit)
+    run.ranks = distributed.wrap(run.model, run.device)  # None in a single process
     spec = announce_micro_batch(run, spec, callbacks)
+    if resume_from is None:  # the base model's generations, for memorization_fraction_base
+        run.progress.base_sampled = memorization_samples(run, spec)
     # A logged loss waits for the GPU to finish: on one, log every 10 steps unless told.
     every = log_every_steps or (10 if run.device.type == "cuda" else 1)
     loop = Loop(run, spec, data, valid, callbacks, checkpoints_dir, steps_per_epoch, every)
@@ -199,6 +204,8 @@ def step_or_out_of_memory(
     try:
         return optimizer_step(run, batch, spec)
     except torch.OutOfMemoryError:
+        if run.ranks is not None:
+            raise  # the other ranks wait in the all-reduce: this rank fails the job instead
         # Leaving this frame drops the traceback, and with it every activation of the step.
         return None
     finally:
@@ -360,9 +367,14 @@ def write_checkpoint(
 ) -> Path:
     """Save a complete checkpoint, then tell the callbacks (the DB row comes last)."""
     step = run.progress.global_step
-    path = save_checkpoint(
-        checkpoints_dir, step, Exportable(run.model), run.tokenizer, training_state(run), metrics
-    )
+    # Several ranks: rank 0 saves while the others wait for it at a barrier.
+    with distributed.main_rank_writes(run.ranks) as writes:
+        if not writes:
+            return checkpoints_dir / checkpoint_name(step)
+        state = training_state(run)
+        path = save_checkpoint(
+            checkpoints_dir, step, Exportable(run.model), run.tokenizer, state, metrics
+        )
     callbacks.on_checkpoint(step, path, metrics)
     return path
 
@@ -389,15 +401,6 @@ def final_results(
 ) -> dict[str, Any]:
     """The last evaluation plus best, kept model, early stop and memorization figures."""
     progress = run.progress
-    sampled = list(progress.sampled)
-    # A classifier generates nothing: no samples, no memorization figure.
-    if not sampled and spec.task != "classification":
-        # No sample prompts: a few unconditioned generations still measure memorization.
-        unconditioned = [""] * 4
-        samples = sample_continuations(
-            run.model, run.tokenizer, unconditioned, run.device, spec.seed, run.amp_dtype
-        )
-        sampled = [ids for _, ids in samples]
     final: dict[str, Any] = dict(metrics)
     final.pop("is_best", None)
     if progress.best_step >= 0:
@@ -405,14 +408,16 @@ def final_results(
         final["best_step"] = progress.best_step
     final["kept"] = "best" if spec.keep == "best" and progress.best_step >= 0 else "last"
     final["early_stopped"] = early
-    final["memorization_fraction"] = memorization_fraction(sampled, train_blocks)
-    final["memorization_samples"] = len(sampled)
+    tuned = memorization_samples(run, spec)
+    final.update(memorization_figures(progress.base_sampled, tuned, train_blocks, run.tokenizer))
     return final
 
 
 def finish_training(loop: Loop, final_dir: Path) -> TrainResult:
     """Final figures, then the kept weights (best or last) saved as the fine-tuned model."""
     run, spec, progress = loop.run, loop.spec, loop.run.progress
+    if not distributed.is_main(run.ranks):  # rank 0 alone samples and saves the final model
+        return TrainResult(None, progress.global_step, progress.tokens_seen, {}, None)
     final = final_results(run, spec, loop.data, loop.metrics, loop.early_stopped)
     peak = peak_bytes(run.device)
     if peak is not None:
@@ -449,13 +454,13 @@ def train(
     run, progress = loop.run, loop.run.progress
     while progress.global_step < loop.total_steps and not loop.early_stopped:
         # stop requested: checked before every step, so a cancel waits for one step at most
-        reason = callbacks.should_stop()
+        reason = distributed.agree(run.ranks, callbacks.should_stop())
         if reason is not None:
             return stop_requested(loop, reason)
 
         # batch
         index = next_batch_index(loop)
-        batch = loop.data.batch(index, run.device)
+        batch = loop.data.batch(distributed.shard(run.ranks, index), run.device)
 
         # forward/backward over the micro-batches, then one optimizer step (or out of memory)
         stepped = step_or_out_of_memory(run, batch, loop.spec)

@@ -5,7 +5,7 @@ from dataclasses import asdict
 from typing import Any
 
 # The shape and parameter counts are torch-free and shared with the API's storage estimate.
-from shared.catalog import ModelShape, block_parameters, total_parameters
+from shared.model_size import ModelShape, block_parameters, total_parameters
 
 __all__ = ["ModelShape", "block_parameters", "total_parameters"]
 

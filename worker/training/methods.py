@@ -47,8 +47,12 @@ def freeze_for_transfer(model: Any, trainable_layers: int) -> None:
     model.lm_head.weight.requires_grad = True
 
 
-def lora_config(method: MethodOptions) -> Any:
-    """The peft LoraConfig for GPT-2 (Conv1D layers store weights as fan_in x fan_out)."""
+def lora_config(method: MethodOptions, task_type: str = "CAUSAL_LM") -> Any:
+    """The peft LoraConfig for GPT-2 (Conv1D layers store weights as fan_in x fan_out).
+
+    task_type SEQ_CLS (a classifier) also trains and saves the new score head in full
+    (modules_to_save): an adapter alone cannot learn a head that starts random.
+    """
     from peft import LoraConfig
 
     options = method.resolved_lora()
@@ -60,7 +64,8 @@ def lora_config(method: MethodOptions) -> Any:
         target_modules=list(options.target_modules),
         fan_in_fan_out=True,
         bias="none",
-        task_type="CAUSAL_LM",
+        task_type=task_type,
+        modules_to_save=["score"] if task_type == "SEQ_CLS" else None,
     )
 
 

@@ -1,17 +1,21 @@
 """Base-model availability and loading: local folders and Hugging Face catalog names."""
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from shared.catalog import BaseModelEntry
+from shared.catalog import (
+    BaseModelEntry,
+    hub_offline,
+    in_hub_cache,
+    incomplete_folder_message,
+    missing_local_files,
+    unavailable_message,
+)
 from shared.settings import get_settings
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 # Only the files a GPT-2 needs: never the .bin/.h5/.msgpack copies a hub repo also holds.
 DOWNLOAD_PATTERNS = [
     "config.json",
@@ -32,49 +36,8 @@ class ModelUnavailable(Exception):
     """A base model that cannot be loaded here; str() is the message to show the user."""
 
 
-def _hub_offline() -> bool:
-    # Read at call time, not import time: tests and operators flip it per process.
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _check_local_folder(base: BaseModelEntry) -> None:
-    folder = Path(base.location)
-    missing = []
-    if not (folder / "config.json").is_file():
-        missing.append("config.json")
-    if not any((folder / name).is_file() for name in WEIGHT_FILES):
-        hint = " (only pytorch_model.bin found: re-save with save_pretrained)"
-        has_bin = (folder / "pytorch_model.bin").is_file()
-        missing.append("model.safetensors" + (hint if has_bin else ""))
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        missing.append("a tokenizer (tokenizer.json or vocab.json + merges.txt)")
-    if missing:
-        raise ModelUnavailable(
-            f"model {base.name} in {folder} is incomplete: missing {', '.join(missing)}; "
-            "save it with model.save_pretrained() and tokenizer.save_pretrained() into that folder"
-        )
-
-
-def _in_hub_cache(repo: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    def cached(name: str) -> bool:
-        return isinstance(try_to_load_from_cache(repo, name), str)
-
-    return (
-        cached("config.json")
-        and any(cached(name) for name in WEIGHT_FILES)
-        and any(cached(name) for name in TOKENIZER_FILES)
-    )
-
-
 def _unavailable_message(base: BaseModelEntry, reason: str) -> str:
-    models_dir = get_settings().resolved_models_dir
-    return (
-        f"model {base.name} is not in the local Hugging Face cache and {reason}; "
-        f"on a machine with internet run `hf download {base.location}` and copy "
-        f"~/.cache/huggingface, or save it with save_pretrained into {models_dir / base.name}"
-    )
+    return unavailable_message(base, get_settings().resolved_models_dir, reason)
 
 
 def _download_from_hub(base: BaseModelEntry) -> None:
@@ -89,26 +52,32 @@ def _download_from_hub(base: BaseModelEntry) -> None:
     except Exception as exc:  # any network/hub failure means the same thing to the user
         reason = f"the hub cannot be reached ({type(exc).__name__})"
         raise ModelUnavailable(_unavailable_message(base, reason)) from None
-    if not _in_hub_cache(base.location):
+    if not in_hub_cache(base.location):
         reason = "the hub has no safetensors weights for it"
         raise ModelUnavailable(_unavailable_message(base, reason))
 
 
 def ensure_available(base: BaseModelEntry) -> None:
-    """Raise ModelUnavailable (a user-facing message) unless base can be loaded now."""
+    """Raise ModelUnavailable (a user-facing message) unless base can be loaded now.
+
+    The same check as the API's (shared.catalog.unavailable_reason), plus the download of a
+    catalog model the hub cache lacks.
+    """
     if base.source == "local":
-        _check_local_folder(base)
+        missing = missing_local_files(Path(base.location))
+        if missing:
+            raise ModelUnavailable(incomplete_folder_message(base, missing))
         return
-    if _in_hub_cache(base.location):
+    if in_hub_cache(base.location):
         return
-    if _hub_offline():
+    if hub_offline():
         raise ModelUnavailable(_unavailable_message(base, "the hub cannot be reached"))
     _download_from_hub(base)
 
 
 def _load_kwargs() -> dict[str, Any]:
     # Offline: never let from_pretrained try the network and wait for timeouts.
-    return {"local_files_only": True} if _hub_offline() else {}
+    return {"local_files_only": True} if hub_offline() else {}
 
 
 def model_load_kwargs() -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """Results: token accuracy, best-checkpoint tracking, early stopping, samples, memorization."""
 
 import math
+import string
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +64,14 @@ def ngrams(tokens: Sequence[int], n: int = MEMORIZATION_NGRAM) -> set[tuple[int,
     return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
 
 
+def is_filler(text: str) -> bool:
+    """Whether text holds only whitespace and punctuation (indentation, rules, "....")."""
+    return all(
+        ch.isspace() or ch in string.punctuation or unicodedata.category(ch).startswith("P")
+        for ch in text
+    )
+
+
 def _rows(blocks: Any) -> Iterable[Sequence[int]]:
     """Token rows from a list of blocks, a tensor, or anything with input_ids."""
     rows = getattr(blocks, "input_ids", blocks)
@@ -69,16 +79,26 @@ def _rows(blocks: Any) -> Iterable[Sequence[int]]:
 
 
 def memorization_fraction(
-    generations: Sequence[Sequence[int]], train_blocks: Any, n: int = MEMORIZATION_NGRAM
+    generations: Sequence[Sequence[int]],
+    train_blocks: Any,
+    n: int = MEMORIZATION_NGRAM,
+    tokenizer: Any = None,
 ) -> float | None:
     """Fraction of generations holding a training n-gram verbatim; None without generations.
 
-    One pass over the training data against the generations' few n-grams: memory stays small
-    however large the corpus.
+    With a tokenizer, n-grams whose text is only whitespace and punctuation do not count:
+    eight tokens of indentation match any code or licence text and say nothing about
+    memorization. One pass over the training data against the generations' few n-grams:
+    memory stays small however large the corpus.
     """
     if not generations:
         return None
     wanted = [ngrams(tokens, n) for tokens in generations]
+    if tokenizer is not None:
+        wanted = [
+            {gram for gram in grams if not is_filler(tokenizer.decode(list(gram)))}
+            for grams in wanted
+        ]
     pending = set().union(*wanted)
     found: set[tuple[int, ...]] = set()
     for row in _rows(train_blocks):
@@ -88,6 +108,40 @@ def memorization_fraction(
         found |= hits
         pending -= hits
     return sum(1 for grams in wanted if grams & found) / len(generations)
+
+
+# Without sample prompts, this many unconditioned generations measure memorization.
+UNCONDITIONED_SAMPLES = 4
+
+
+def memorization_samples(run: Any, spec: Any) -> list[list[int]]:
+    """Token ids generated for the memorization figure: the sample prompts, seeded by spec.seed.
+
+    The same prompts and seed before training (the base model) and after it (the fine-tuned
+    one), so the two figures differ only by the training. A classifier generates nothing.
+    """
+    if spec.task == "classification":
+        return []
+    prompts = list(spec.method.sample_prompts) or [""] * UNCONDITIONED_SAMPLES
+    samples = sample_continuations(
+        run.model, run.tokenizer, prompts, run.device, spec.seed, run.amp_dtype
+    )
+    return [ids for _, ids in samples]
+
+
+def memorization_figures(
+    base: Sequence[Sequence[int]], tuned: Sequence[Sequence[int]], train_blocks: Any, tokenizer: Any
+) -> dict[str, Any]:
+    """memorization_fraction (fine-tuned), _base, the increase and the sample count."""
+    fraction = memorization_fraction(tuned, train_blocks, tokenizer=tokenizer)
+    # A run resumed from a checkpoint written before the base figure existed has none.
+    before = memorization_fraction(base, train_blocks, tokenizer=tokenizer) if base else None
+    return {
+        "memorization_fraction": fraction,
+        "memorization_fraction_base": before,
+        "memorization_increase": None if fraction is None or before is None else fraction - before,
+        "memorization_samples": len(tuned),
+    }
 
 
 @torch.no_grad()

@@ -38,8 +38,10 @@ class Progress(BestState):
     last_train_accuracy: float = float("nan")
     # Data-order generator state before this epoch's permutation was drawn.
     order_state: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.uint8))
-    # Token ids of the sample_prompts generations so far: the memorization check's input.
+    # Token ids of the sample_prompts generations so far (shown as events).
     sampled: list[list[int]] = field(default_factory=list)
+    # The base model's generations for the memorization figure, drawn before the first step.
+    base_sampled: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -60,6 +62,8 @@ class Run:
     accumulation: int | None = None
     # True when batch_size "auto" had the CUDA probe try the micro-batch.
     probed: bool = False
+    # Several ranks (torchrun): the DDP wrapper and this rank's place (distributed.py).
+    ranks: Any = None
 
 
 def seed_everything(seed: int) -> None:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.spec import TrainingSpec
+from worker.training import distributed
 from worker.training.classify import count_targets, evaluate_classifier, prediction_counts
 from worker.training.examples import IGNORE, as_examples
 from worker.training.run_state import Run
@@ -41,18 +42,22 @@ def optimizer_step(
     # Each piece's mean loss is weighted by its share of predicted tokens: the accumulated
     # gradient then equals the whole batch's, even when the pieces differ in size.
     counted = [count_targets(piece["labels"]) for piece in pieces]
-    total = torch.stack(counted).sum().clamp(min=1)
+    # On several ranks the total is the global one: each rank's loss is its token share.
+    counted, total = distributed.count_tokens(run.ranks, counted)
+    total = total.clamp(min=1)
+    model, scale = distributed.forward_model(run), distributed.gradient_scale(run.ranks)
+    last = len(pieces) - 1
     loss_sum = torch.zeros((), device=run.device)
     correct_sum = torch.zeros((), device=run.device, dtype=torch.long)
-    for piece, count in zip(pieces, counted, strict=True):
-        with autocast(run):
+    for i, (piece, count) in enumerate(zip(pieces, counted, strict=True)):
+        with autocast(run), distributed.accumulating(run.ranks, i < last):
             # labels: the model shifts them by one internally.
-            output = run.model(**piece)
+            output = model(**piece)
         weighted = output.loss * (count / total)
-        run.scaler.scale(weighted).backward()
+        run.scaler.scale(weighted * scale).backward()
         loss_sum += weighted.detach().float()
         correct_sum += prediction_counts(output.logits.detach(), piece["labels"])[0]
-    loss = loss_sum
+    loss, correct_sum = distributed.sum_over_ranks(run.ranks, loss_sum, correct_sum)
     run.scaler.unscale_(run.optimizer)
     trainable = [p for p in run.model.parameters() if p.requires_grad]
     # The norm before clipping (unscaled); inf or nan on an fp16 step the scaler skips.
