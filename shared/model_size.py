@@ -19,6 +19,9 @@ CATALOG_SHAPES: dict[str, tuple[int, int]] = {
 GPT2_VOCAB, GPT2_POSITIONS = 50257, 1024
 # fp32 weights; AdamW keeps two fp32 moments per trained parameter in the resume state.
 WEIGHT_BYTES, OPTIMIZER_BYTES = 4, 8
+# Beside the weights every set holds the tokenizer (vocab, merges, tokenizer.json: ~5 MB),
+# the config and the resume state's RNG and data order.
+SET_OVERHEAD_BYTES = 8 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,6 @@ def output_bytes_estimate(
         "full": parameters,
         "transfer": min(trainable_layers, shape.layers) * block_parameters(shape),
     }.get(training_method, 0)
-    weights = WEIGHT_BYTES * parameters
+    weights = WEIGHT_BYTES * parameters + SET_OVERHEAD_BYTES
     checkpoint = weights + OPTIMIZER_BYTES * trained
     return (keep_checkpoints + 1) * checkpoint + weights
