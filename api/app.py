@@ -10,6 +10,7 @@ from api.observability import LatencyMiddleware
 from api.observability import router as prometheus_router
 from api.request_guard import RequestGuard
 from api.routes import (
+    chat,
     classifications,
     completions,
     dashboard,
@@ -35,11 +36,13 @@ def create_app() -> FastAPI:
     # The guard runs inside the latency middleware, so its early 401/413 answers are timed.
     app.add_middleware(RequestGuard)
     app.add_middleware(LatencyMiddleware)
+    # Routes match in the order they are included, one by one: the probes first (a load
+    # balancer polls them), then /v1 (clients poll their jobs first of all).
+    app.include_router(health.router)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_owner)], responses=ERROR_RESPONSES)
-    for module in (files, jobs, metrics, models, completions, classifications):
+    for module in (jobs, files, metrics, models, completions, chat, classifications):
         v1.include_router(module.router)
     app.include_router(v1)
-    app.include_router(health.router)
     app.include_router(prometheus_router)
     app.include_router(dashboard.router)
     return app

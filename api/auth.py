@@ -3,8 +3,10 @@
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api import key_cache
 from api.errors import ApiError
 from shared.keys import owner_for_key
 
@@ -38,7 +40,21 @@ def owner_of(token: str | None) -> str:
     return owner
 
 
-def require_owner(
+async def authenticate(token: str | None) -> str:
+    """owner_of, from this process's key cache when it can (no thread, no database)."""
+    key_cache.ensure_listener()
+    if token:
+        owner = key_cache.cached_owner(token)
+        if owner is not None:
+            return owner
+    since = key_cache.generation()
+    owner = await run_in_threadpool(owner_of, token)
+    if token:
+        key_cache.remember(token, owner, since)
+    return owner
+
+
+async def require_owner(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
@@ -46,7 +62,7 @@ def require_owner(
     owner = getattr(request.state, "owner", None)
     if isinstance(owner, str):
         return owner
-    return owner_of(credentials.credentials if credentials else None)
+    return await authenticate(credentials.credentials if credentials else None)
 
 
 Owner = Annotated[str, Depends(require_owner)]

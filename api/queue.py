@@ -1,17 +1,22 @@
 """A send-only Celery app: wakes workers; never the source of truth."""
 
+import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
+from fastapi.concurrency import run_in_threadpool
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
 
 from api.errors import ApiError
-from api.slots import claim_slot, free_slot
+from api.slots import Slot, claim_slot, free_slot
 from shared.db.session import session_scope
 from shared.naming import (
     CLASSIFY_TASK,
@@ -107,10 +112,9 @@ def _unreachable(task: str, exc: Exception) -> ApiError:
 SLOT_GRACE_SECONDS = 30.0
 
 
-@contextlib.contextmanager
-def inference_slot(owner: str, timeout: float) -> Iterator[None]:
-    """Hold one of the owner's in-flight inference slots (shared by every API process)."""
-    slot = claim_slot(
+def claim_inference_slot(owner: str, timeout: float) -> Slot:
+    """One of the owner's in-flight inference slots (shared by every API process), else 429."""
+    return claim_slot(
         "inflight_requests",
         owner,
         timeout + SLOT_GRACE_SECONDS,
@@ -118,6 +122,12 @@ def inference_slot(owner: str, timeout: float) -> Iterator[None]:
         "inference requests in flight",
         "wait for one to answer",
     )
+
+
+@contextlib.contextmanager
+def inference_slot(owner: str, timeout: float) -> Iterator[None]:
+    """Hold one of the owner's in-flight inference slots for the block."""
+    slot = claim_inference_slot(owner, timeout)
     try:
         yield
     finally:
@@ -133,16 +143,21 @@ def _ask_inference_worker(
         return _send_and_wait(task, {**request, "deadline": time.time() + timeout}, timeout)
 
 
-def _send_and_wait(task: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
-    no_worker = ApiError(
+def _no_worker(timeout: float) -> ApiError:
+    return ApiError(
         503,
         f"no inference worker answered within {timeout:g}s; is `gpt2ft worker` running?",
         type="server_error",
         code="no_worker",
     )
+
+
+def _send(task: str, request: dict[str, Any], timeout: float, task_id: str | None = None) -> Any:
+    """Put task on the inference queue (an AsyncResult); 503 when the broker does not answer."""
     try:
-        result = current_app().send_task(
+        return current_app().send_task(
             task,
+            task_id=task_id,
             kwargs={"request": request},
             queue=INFERENCE_QUEUE,
             expires=timeout,  # a worker that starts later must not run a request nobody awaits
@@ -151,32 +166,100 @@ def _send_and_wait(task: str, request: dict[str, Any], timeout: float) -> dict[s
         )
     except Exception as exc:
         raise _unreachable(task, exc) from None
-    try:
-        answer = result.get(timeout=timeout, propagate=False)
-    except CeleryTimeout:
-        raise no_worker from None
-    except Exception as exc:
-        raise _unreachable(task, exc) from None
-    finally:
-        with contextlib.suppress(Exception):
-            result.forget()
+
+
+def _checked(task: str, answer: object, timeout: float) -> dict[str, Any]:
+    """The worker's answer, or the ApiError a failed or late one means."""
     if isinstance(answer, BaseException) or not isinstance(answer, dict):
         log.warning("inference worker failed on %s: %r", task, answer)
         # The worker's exception text stays in the logs: it can quote paths and other input.
         raise ApiError(500, "the inference worker failed; see the worker log", type="server_error")
     if (answer.get("error") or {}).get("code") == "deadline_exceeded":
-        raise no_worker
+        raise _no_worker(timeout)
     return answer
 
 
-def run_completion(owner: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+def _send_and_wait(task: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Send and wait in this thread (sync callers: the dry run of a job create)."""
+    result = _send(task, request, timeout)
+    try:
+        answer = result.get(timeout=timeout, propagate=False)
+    except CeleryTimeout:
+        raise _no_worker(timeout) from None
+    except Exception as exc:
+        raise _unreachable(task, exc) from None
+    finally:
+        with contextlib.suppress(Exception):
+            result.forget()
+    return _checked(task, answer, timeout)
+
+
+async def _send_and_await(task: str, request: dict[str, Any], timeout: float) -> Any:
+    """Send task and await its result from the Celery result store, holding no thread.
+
+    The worker's result backend SETs celery-task-meta-<id> and PUBLISHes it on the channel of
+    the same name: we subscribe before the task is sent (so nothing is missed), and GET the
+    key once a second too in case a message was lost. None at the timeout.
+    """
+    backend = current_app().backend
+    task_id = uuid.uuid4().hex
+    key = backend.get_key_for_task(task_id)
+    # A client per request: redis.asyncio connections belong to the event loop that made them.
+    client = aioredis.Redis.from_url(
+        get_settings().redis_url, socket_connect_timeout=2, socket_timeout=timeout + 10
+    )
+    pubsub = client.pubsub()
+    try:
+        await pubsub.subscribe(key)
+        await run_in_threadpool(_send, task, request, timeout, task_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        raw = await client.get(key)
+        while raw is None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            message = await pubsub.get_message(
+                ignore_subscribe_messages=True, timeout=min(remaining, 1.0)
+            )
+            raw = message["data"] if message else await client.get(key)
+        meta = backend.decode_result(raw)
+        await client.delete(key)  # what result.forget() did: nobody reads it again
+        return meta["result"] if meta.get("status") == "SUCCESS" else RuntimeError(str(meta))
+    finally:
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()
+        with contextlib.suppress(Exception):
+            await client.aclose()
+
+
+async def _ask_inference_worker_async(
+    task: str, owner: str, request: dict[str, Any], timeout: float
+) -> dict[str, Any]:
+    """_ask_inference_worker for async routes: the wait holds no threadpool thread."""
+    slot = await run_in_threadpool(claim_inference_slot, owner, timeout)
+    try:
+        # The worker stops at the deadline too: nobody reads an answer after it.
+        request = {**request, "deadline": time.time() + timeout}
+        try:
+            answer = await _send_and_await(task, request, timeout)
+        except RedisError as exc:
+            raise _unreachable(task, exc) from None
+        if answer is None:
+            raise _no_worker(timeout)
+        return _checked(task, answer, timeout)
+    finally:
+        await run_in_threadpool(free_slot, slot)
+
+
+async def run_completion(owner: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Generated text for a /v1/completions request, from an inference worker."""
-    return _ask_inference_worker(GENERATE_TASK, owner, request, timeout)
+    return await _ask_inference_worker_async(GENERATE_TASK, owner, request, timeout)
 
 
-def run_classification(owner: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+async def run_classification(owner: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Labels and probabilities for a /v1/classifications request, from an inference worker."""
-    return _ask_inference_worker(CLASSIFY_TASK, owner, request, timeout)
+    return await _ask_inference_worker_async(CLASSIFY_TASK, owner, request, timeout)
 
 
 def run_dry_run(owner: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:

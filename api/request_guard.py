@@ -2,10 +2,9 @@
 
 import re
 
-from fastapi.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth import bearer_token, owner_of
+from api.auth import authenticate, bearer_token
 from api.errors import ApiError, error_response
 from shared.settings import get_settings
 
@@ -96,7 +95,7 @@ class RequestGuard:
         try:
             if path == "/v1" or path.startswith("/v1/"):
                 token = bearer_token(_header(scope, b"authorization"))
-                scope.setdefault("state", {})["owner"] = await run_in_threadpool(owner_of, token)
+                scope.setdefault("state", {})["owner"] = await authenticate(token)
             body = b""
             if (scope["method"], path) not in STREAMED_ROUTES:
                 body = await read_capped_body(scope, receive, get_settings().max_request_bytes)

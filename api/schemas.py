@@ -278,31 +278,36 @@ class StreamOptions(BaseModel):
     include_usage: bool | None = None
 
 
-class CompletionCreate(BaseModel):
-    """OpenAI's completion body plus top_k."""
+class SamplingOptions(BaseModel):
+    """The fields completions and chat completions share: the model, sampling, streaming."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [{"model": "gpt2-tiny", "prompt": "Once upon a time", "max_tokens": 32}]
-        },
-    )
+    model_config = ConfigDict(extra="forbid")
     model: str
-    prompt: str | list[str] = ""
-    max_tokens: Annotated[int, Field(ge=1, le=2048)] = 16
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(ge=0, le=1)] = 1.0
     n: Annotated[int, Field(ge=1, le=16)] = 1
     # Four sequences of 64 characters, as OpenAI allows: each is checked after every token.
     stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None
     seed: int | None = None
-    echo: bool = False
     top_k: Annotated[int, Field(ge=0, le=50_000)] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
+    user: str | None = None
+
+
+class CompletionCreate(SamplingOptions):
+    """OpenAI's completion body plus top_k."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"model": "gpt2-tiny", "prompt": "Once upon a time", "max_tokens": 32}]
+        },
+    )
+    prompt: str | list[str] = ""
+    max_tokens: Annotated[int, Field(ge=1, le=2048)] = 16
+    echo: bool = False
     # Each token's log-probability and its `logprobs` likeliest alternatives (OpenAI: 0..5).
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
-    user: str | None = None
 
 
 class ChoiceOut(BaseModel):
@@ -322,5 +327,74 @@ class CompletionOut(BaseModel):
     created: int
     model: str
     choices: list[ChoiceOut]
+    usage: dict[str, int] | None = None
+    system_fingerprint: str | None = None
+
+
+class TextPart(BaseModel):
+    """OpenAI's text content part; the parts of a message's content are joined."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessageIn(BaseModel):
+    """One message of a chat request; "developer" (OpenAI's newer "system") renders as system."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+
+class ChatCompletionCreate(SamplingOptions):
+    """OpenAI's chat completion body plus top_k."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "gpt2-tiny",
+                    "messages": [{"role": "user", "content": "Tell me a joke."}],
+                    "max_completion_tokens": 32,
+                }
+            ]
+        },
+    )
+    messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
+    # Either name works; None means CHAT_DEFAULT_MAX_TOKENS (api/routes/chat.py).
+    max_tokens: Annotated[int, Field(ge=1, le=2048)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=2048)] | None = None
+    # Each reply token's log-probability, and its top_logprobs likeliest alternatives (0..20).
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+
+
+class ChatMessageOut(BaseModel):
+    """The assistant's reply."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str
+    refusal: str | None = None
+
+
+class ChatChoiceOut(BaseModel):
+    """One reply; finish_reason "stop" at the end of the turn or a stop sequence."""
+
+    index: int
+    message: ChatMessageOut
+    finish_reason: str
+    logprobs: dict[str, Any] | None = None
+
+
+class ChatCompletionOut(BaseModel):
+    """OpenAI's chat.completion."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoiceOut]
     usage: dict[str, int] | None = None
     system_fingerprint: str | None = None

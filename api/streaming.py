@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,22 +23,27 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from api.errors import ApiError
-from api.queue import _RETRY_POLICY, SLOT_GRACE_SECONDS, _unreachable, current_app
-from api.slots import Slot, claim_slot, free_slot, slot_client
-from shared.naming import GENERATE_TASK, INFERENCE_QUEUE
+from api.queue import _no_worker, _send, _unreachable, claim_inference_slot
+from api.slots import Slot, free_slot, slot_client
+from shared.naming import GENERATE_TASK
 from shared.settings import get_settings
 
 # How long one blocking read waits before looking at the deadline again.
 READ_SECONDS = 1.0
-_clients: dict[tuple[str, int], aioredis.Redis] = {}
+# At most this many queued events are read per round trip.
+BATCH = 256
+# An asyncio client belongs to its event loop: one per loop (tests start several) and URL.
+_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aioredis.Redis]]" = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _async_redis() -> aioredis.Redis:
-    """An asyncio Redis client for the configured URL, one per event loop."""
-    key = (get_settings().redis_url, id(asyncio.get_running_loop()))
-    if key not in _clients:
-        _clients[key] = aioredis.Redis.from_url(key[0], socket_connect_timeout=2)
-    return _clients[key]
+    """An asyncio Redis client for the configured URL on the running event loop."""
+    url, mine = get_settings().redis_url, _clients.setdefault(asyncio.get_running_loop(), {})
+    if url not in mine:
+        mine[url] = aioredis.Redis.from_url(url, socket_connect_timeout=2)
+    return mine[url]
 
 
 def completion_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
@@ -136,15 +142,6 @@ def sse(payload: Any) -> str:
     return f"data: {text}\n\n"
 
 
-def _no_worker(timeout: float) -> ApiError:
-    return ApiError(
-        503,
-        f"no inference worker answered within {timeout:g}s; is `gpt2ft worker` running?",
-        type="server_error",
-        code="no_worker",
-    )
-
-
 class _Stream:
     """One streamed request: its Redis list, slot and deadline."""
 
@@ -156,38 +153,21 @@ class _Stream:
         self.request = {**request, "stream_key": self.key, "deadline": self.deadline}
         self.slot: Slot | None = None
         self.ended = False
+        self.early: list[dict[str, Any]] = []  # events read with `start`
 
     def _send_task(self) -> None:
-        self.slot = claim_slot(
-            "inflight_requests",
-            self.owner,
-            self.timeout + SLOT_GRACE_SECONDS,
-            "max_inflight_inference_per_owner",
-            "inference requests in flight",
-            "wait for one to answer",
-        )
-        try:
-            current_app().send_task(
-                GENERATE_TASK,
-                kwargs={"request": self.request},
-                queue=INFERENCE_QUEUE,
-                expires=self.timeout,
-                ignore_result=True,  # the events go through the list; nobody reads a result
-                retry=True,
-                retry_policy=_RETRY_POLICY,
-            )
-        except Exception as exc:
-            raise _unreachable(GENERATE_TASK, exc) from None
+        self.slot = claim_inference_slot(self.owner, self.timeout)
+        _send(GENERATE_TASK, self.request, self.timeout)
 
-    async def next_event(self) -> dict[str, Any] | None:
-        """The worker's next event, or None once the deadline has passed."""
+    async def next_events(self) -> list[dict[str, Any]]:
+        """The worker's events so far (waiting for the first), or [] once the deadline passed."""
         client = _async_redis()
         while (left := self.deadline - time.time()) > 0:
             item = await client.blpop([self.key], timeout=min(READ_SECONDS, max(left, 0.01)))
             if item is not None:
-                event: dict[str, Any] = json.loads(item[1])
-                return event
-        return None
+                rest = await client.lpop(self.key, BATCH) or []
+                return [json.loads(raw) for raw in [item[1], *rest]]
+        return []
 
     def close(self) -> None:
         """Free the slot; tell a worker still generating to stop; drop the list (never raises)."""
@@ -205,52 +185,65 @@ class _Stream:
         """Send the task and wait for `start`; errors before it are plain HTTP errors."""
         try:
             await run_in_threadpool(self._send_task)
-            event = await self.next_event()
+            events = await self.next_events()
         except redis.RedisError as exc:
             self.close()
             raise _unreachable(GENERATE_TASK, exc) from None
         except BaseException:
             self.close()
             raise
-        if event is None or event.get("type") != "start":
-            self.ended = event is not None
+        first = events[0] if events else None
+        if first is None or first.get("type") != "start":
+            self.ended = first is not None
             self.close()
-            error = (event or {}).get("error") or {}
-            if event is None or error.get("code") == "deadline_exceeded":
+            error = (first or {}).get("error") or {}
+            if first is None or error.get("code") == "deadline_exceeded":
                 raise _no_worker(self.timeout)
             raise ApiError(
                 400, str(error.get("message", "generation failed")), param=error.get("param")
             )
+        self.early = events[1:]
 
     async def messages(self) -> AsyncIterator[str]:
         """SSE messages until [DONE] (or an error message); always closes the stream."""
         try:
             for payload in self.shape.opening(self.choices):
                 yield sse(payload)
+            events = self.early
             while True:
-                event = await self.next_event()
-                if event is None:
+                if not events:
+                    events = await self.next_events()
+                if not events:
                     message = "generation did not finish before the request's deadline"
                     yield sse({"error": {"message": message, "type": "server_error",
                                          "param": None, "code": "deadline_exceeded"}})  # fmt: skip
                     return
-                kind = event.get("type")
-                if kind == "chunk":
-                    for payload in self.shape.chunk(event):
-                        yield sse(payload)
-                elif kind == "done":
-                    self.ended = True
-                    for payload in self.shape.usage(event.get("usage")):
-                        yield sse(payload)
-                    yield sse("[DONE]")
+                batch: list[str] = []  # one write for all the events read together
+                for event in events:
+                    batch += self._messages(event)
+                    if self.ended:
+                        break
+                if batch:
+                    yield "".join(batch)
+                if self.ended:
                     return
-                elif kind == "error":
-                    self.ended = True
-                    error = {"type": "server_error", "param": None, "code": None}
-                    yield sse({"error": {**error, **(event.get("error") or {})}})
-                    return
+                events = []
         finally:
             self.close()
+
+    def _messages(self, event: dict[str, Any]) -> list[str]:
+        """The SSE messages for one worker event; an ending one sets self.ended."""
+        kind = event.get("type")
+        if kind == "chunk":
+            return [sse(payload) for payload in self.shape.chunk(event)]
+        if kind == "done":
+            self.ended = True
+            return [*(sse(p) for p in self.shape.usage(event.get("usage"))), sse("[DONE]")]
+        if kind == "error":
+            self.ended = True
+            error = {"type": "server_error", "param": None, "code": None}
+            return [sse({"error": {**error, **(event.get("error") or {})}})]
+        return []
 
 
 async def stream_response(

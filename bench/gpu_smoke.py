@@ -79,6 +79,7 @@ CASES = [
     Case("small", "completion", "lora"),
     Case("small", "classification", "full"),
     Case("small", "classification", "transfer"),
+    Case("small", "classification", "lora"),
     Case("medium", "completion", "lora"),
     Case("medium", "classification", "full"),
 ]

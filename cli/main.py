@@ -48,16 +48,23 @@ def api(
     port: Annotated[int, typer.Option(envvar="PORT", help="TCP port.")] = DEFAULT_PORT,
 ) -> None:
     """Serve the HTTP API (uvicorn, factory api.app:create_app)."""
-    import uvicorn
-
     settings = get_settings()
-    configure_logging(settings.log_level)
     if settings.dev_api_key:
         from shared.keys import ensure_api_key
 
         ensure_api_key(settings.dev_owner, settings.dev_api_key)
+    serve("api.app:create_app", port, host)
+
+
+def serve(factory: str, port: int, host: str = "127.0.0.1") -> None:
+    """Serve the app factory at factory with uvicorn (bench/api_bench.py serves its baseline app
+    through here too, so both run under the same server settings)."""
+    import uvicorn
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
     uvicorn.run(
-        "api.app:create_app",
+        factory,
         factory=True,
         host=host,
         port=port,

@@ -45,7 +45,9 @@ def celery_problems(supervisor: int) -> list[str]:
     by_queue: dict[str, tuple[int, str]] = {}
     for pid, state, argv in child_processes(supervisor):
         if "celery" in argv and "-Q" in argv[:-1]:
-            by_queue[argv[argv.index("-Q") + 1]] = (pid, state)
+            # The training process serves "training,training.<its own>": each name counts.
+            for queue in argv[argv.index("-Q") + 1].split(","):
+                by_queue[queue] = (pid, state)
     problems = []
     for queue in (TRAINING_QUEUE, INFERENCE_QUEUE):
         if queue not in by_queue:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.chat import ChatError, check_training_messages
 from shared.settings import get_settings
 
 # Containers a filename may name; the stored format adds the record kind ("jsonl-completion").
@@ -17,15 +18,22 @@ KINDS: dict[str, tuple[str, ...]] = {
     "text": ("text",),
     "completion": ("prompt", "completion"),
     "classification": ("text", "label"),
+    "chat": ("messages",),
 }
 # The task each record kind trains by default.
-KIND_TASKS = {"text": "causal_lm", "completion": "completion", "classification": "classification"}
+KIND_TASKS = {
+    "text": "causal_lm",
+    "completion": "completion",
+    "classification": "classification",
+    "chat": "chat",
+}
 TASK_KINDS = {task: kind for kind, task in KIND_TASKS.items()}
 # The kind's code in File.format, a String(16) column: "jsonl-label" fits, "-classification" not.
-KIND_CODES = {"text": "text", "completion": "completion", "classification": "label"}
+KIND_CODES = {"text": "text", "completion": "completion", "classification": "label", "chat": "chat"}
 CODE_KINDS = {code: kind for kind, code in KIND_CODES.items()}
 
-Record = dict[str, str]
+# Fields as strings; a chat record's "messages" is a list of {"role", "content"[, "weight"]}.
+Record = dict[str, Any]
 # A label of more digits is not a class id; Python refuses past 4300 digits anyway.
 MAX_INT_DIGITS = 100
 # A class name, not a sentence: labels are saved in the model's config as id2label.
@@ -80,8 +88,9 @@ def detect_format(filename: str) -> str:
         return "csv"
     raise DatasetError(
         f"cannot tell the format of {filename!r}: name it .txt (plain text), "
-        '.jsonl (one {"text": ...}, {"prompt": ..., "completion": ...} or '
-        '{"text": ..., "label": ...} object per line) or .csv (text,label columns)',
+        '.jsonl (one {"text": ...}, {"prompt": ..., "completion": ...}, '
+        '{"text": ..., "label": ...} or {"messages": [...]} object per line) or .csv '
+        "(text,label columns)",
         field="file",
     )
 
@@ -130,6 +139,8 @@ def _decode_lines(path: Path) -> Iterator[tuple[int, str]]:
 
 def kind_of_fields(fields: set[str]) -> str:
     """The kind whose fields best match a record's keys (the one it most likely meant)."""
+    if "messages" in fields:
+        return "chat"
     for kind in ("classification", "completion", "text"):
         if set(KINDS[kind]) == fields:
             return kind
@@ -156,6 +167,8 @@ def check_record(number: int, record: dict[str, Any], kind: str, max_chars: int)
     for name in expected:
         if name not in record:
             raise DatasetError(f'missing "{name}"', line=number, field=name)
+    if kind == "chat":
+        return check_chat_record(number, record, max_chars)
     for name in record:
         if name not in expected:
             raise DatasetError(
@@ -195,6 +208,39 @@ def check_record(number: int, record: dict[str, Any], kind: str, max_chars: int)
             )
         out[name] = value
     return out
+
+
+def check_chat_record(number: int, record: dict[str, Any], max_chars: int) -> Record:
+    """A chat record's messages checked (roles, order, content, weight), or a DatasetError."""
+    for name in record:
+        if name != "messages":
+            raise DatasetError(
+                f'unknown field "{shown(name)}"; a chat record has only "messages" '
+                "(tools and functions are not supported)",
+                line=number,
+                field=name,
+            )
+    try:
+        messages = check_training_messages(record["messages"])
+    except ChatError as exc:
+        raise DatasetError(str(exc), line=number, field=exc.field) from None
+    for i, message in enumerate(messages):
+        if surrogate := _SURROGATE.search(message["content"]):
+            raise DatasetError(
+                f'"messages[{i}].content" holds a lone surrogate ({shown(surrogate.group())}), '
+                "which is not text; fix the \\u escape or save the file as UTF-8",
+                line=number,
+                field=f"messages[{i}].content",
+            )
+    total = sum(len(m["content"]) for m in messages)
+    if total > max_chars:
+        raise DatasetError(
+            f"the messages have {total} characters, over the limit of {max_chars}; "
+            "split the conversation",
+            line=number,
+            field="messages",
+        )
+    return {"messages": messages}
 
 
 def _jsonl_records(path: Path, kind: str | None, max_chars: int) -> Iterator[tuple[str, Record]]:

@@ -2,6 +2,7 @@
 
 import hashlib
 import hmac
+import logging
 import secrets
 import string
 
@@ -12,7 +13,19 @@ from shared.db.session import session_scope
 from shared.db.tables import ApiKey
 from shared.ids import new_id, now_ts
 
+log = logging.getLogger(__name__)
 KEY_PREFIX = "sk-gpt2ft-"
+# API processes cache checked keys and empty that cache on a message here (api/key_cache.py).
+KEYS_REVOKED_CHANNEL = "gpt2ft:api-keys:revoked"
+# Revocations made by this process (an API process's cache checks it on every hit).
+_revocations = [0]
+
+
+def revocations_here() -> int:
+    """How many keys this process revoked so far."""
+    return _revocations[0]
+
+
 _KEY_ALPHABET = string.ascii_letters + string.digits
 
 
@@ -71,7 +84,34 @@ def revoke_api_key(key: str) -> bool:
             .where(ApiKey.revoked_at.is_(None))
             .values(revoked_at=now_ts())
         )
-        return bool(getattr(result, "rowcount", 0))
+        revoked = bool(getattr(result, "rowcount", 0))
+    if revoked:
+        _revocations[0] += 1
+        announce_revocation()
+    return revoked
+
+
+def announce_revocation() -> None:
+    """Tell API processes to forget the keys they cached (best effort: unheard, the cache's
+    key_cache_seconds bounds how long a revoked key still works)."""
+    import redis
+
+    from shared.settings import get_settings
+
+    try:
+        client = redis.Redis.from_url(
+            get_settings().redis_url, socket_connect_timeout=2, socket_timeout=2
+        )
+        try:
+            client.publish(KEYS_REVOKED_CHANNEL, "revoked")
+        finally:
+            client.close()
+    except redis.RedisError as exc:
+        log.warning(
+            "could not announce the revocation on Redis (%s): API processes may accept the key "
+            "for up to GPT2FT_KEY_CACHE_SECONDS more",
+            exc,
+        )
 
 
 def owner_for_key(plain: str) -> str | None:

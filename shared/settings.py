@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     unplaceable_timeout_seconds: float = Field(default=3600.0, ge=0)
     # Completions wait this long for a worker before answering 503.
     completion_timeout_seconds: float = Field(default=120.0, gt=0)
+    # How long an API process trusts a key it checked (revocations empty the cache at once
+    # while Redis carries them; this bounds a revocation Redis could not carry). 0: no cache.
+    key_cache_seconds: float = Field(default=10.0, ge=0)
     # Inference requests one owner may have waiting at once, across every API process (429).
     max_inflight_inference_per_owner: int = Field(default=4, ge=1)
     # prompts x n x max_tokens of one completion request: minutes of CPU at most.

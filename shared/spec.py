@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 Auto = Literal["auto"]
-Task = Literal["causal_lm", "completion", "classification"]
+Task = Literal["causal_lm", "completion", "classification", "chat"]
 # GPT-2's Conv1D projections that LoRA may adapt.
 LoraTarget = Literal["c_attn", "c_proj", "c_fc"]
 
@@ -109,7 +109,8 @@ class TaskOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    # None: inferred from the training file (text -> causal_lm, prompt/completion, text/label).
+    # None: inferred from the training file (text -> causal_lm, prompt/completion, text/label,
+    # messages -> chat).
     task: Task | None = None
     # Packing wastes no slots on padding; per-record keeps each example whole and separate.
     packing: bool = True

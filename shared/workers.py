@@ -65,9 +65,13 @@ def own_queue(worker: Worker) -> str | None:
     return next((q for q in worker.queues or [] if q.startswith(WORKER_QUEUE_PREFIX)), None)
 
 
-def fits(worker: Worker, need_bytes: int) -> bool:
-    """Whether the worker offers need_bytes; a worker that reports no memory may try."""
-    return worker.memory_bytes is None or worker.memory_bytes >= need_bytes
+def fits(worker: Worker, need_bytes: int, gpus: int = 1) -> bool:
+    """Whether the worker offers need_bytes and, on CUDA, gpus GPUs (n_gpus).
+
+    A worker that reports no memory may try; a CPU worker runs any n_gpus as gloo ranks.
+    """
+    memory = worker.memory_bytes is None or worker.memory_bytes >= need_bytes
+    return memory and (gpus <= 1 or worker.device_kind != "cuda" or worker.device_count >= gpus)
 
 
 def busy_workers(session: Session) -> dict[str, str]:
@@ -78,18 +82,21 @@ def busy_workers(session: Session) -> dict[str, str]:
     return {str(owner): job_id for owner, job_id in session.execute(query)}
 
 
-def place(session: Session, need_bytes: int | None, within_seconds: float) -> Placement:
-    """The queue for a job needing need_bytes (the engine's estimate; None before planning).
+def place(
+    session: Session, need_bytes: int | None, within_seconds: float, gpus: int = 1
+) -> Placement:
+    """The queue for a job needing need_bytes (the engine's estimate; None before planning)
+    and gpus GPUs (its n_gpus).
 
     Unknown need, no live training worker at all (the fleet is down or restarting: the job
     waits in the queue as it always did), or every live one fits: the shared queue. Some
     fit: the own queue of one of them, idle ones first, then the smallest that fits (the
     big GPUs stay free for the jobs only they can run). None fits: no queue, and why.
     """
-    if need_bytes is None:
+    if need_bytes is None and gpus <= 1:
         return Placement(TRAINING_QUEUE)
     trainers = [w for w in live_workers(session, within_seconds) if trains(w)]
-    fitting = [w for w in trainers if fits(w, need_bytes)]
+    fitting = [w for w in trainers if fits(w, need_bytes or 0, gpus)]
     if len(fitting) == len(trainers):
         return Placement(TRAINING_QUEUE)
     routable = [w for w in fitting if own_queue(w)]
@@ -99,6 +106,12 @@ def place(session: Session, need_bytes: int | None, within_seconds: float) -> Pl
         return Placement(own_queue(best), worker_id=best.id)
     if fitting:  # workers from before own queues: the shared queue reaches them
         return Placement(TRAINING_QUEUE)
+    if need_bytes is None or all(fits(w, need_bytes) for w in trainers):
+        most = max(trainers, key=lambda w: w.device_count)
+        return Placement(
+            None, f"n_gpus {gpus}: the live worker with the most GPUs ({most.id}) has "
+            f"{most.device_count}",
+        )  # fmt: skip
     largest = max(trainers, key=lambda w: w.memory_bytes or 0)
     return Placement(
         None,
@@ -114,10 +127,19 @@ def job_need(stats: dict[str, Any] | None) -> int | None:
     return int(total) if total is not None else None
 
 
+def job_gpus(hyperparameters: dict[str, Any] | None) -> int:
+    """The job's n_gpus (1 unless asked)."""
+    return int((hyperparameters or {}).get("n_gpus") or 1)
+
+
 def place_job(session: Session, job_id: str, within_seconds: float) -> Placement:
-    """Where job_id goes now, by its recorded memory estimate and the live workers."""
-    stats = session.execute(select(Job.stats).where(Job.id == job_id)).scalar_one_or_none()
-    return place(session, job_need(stats), within_seconds)
+    """Where job_id goes now, by its recorded memory estimate, n_gpus and the live workers."""
+    row = session.execute(
+        select(Job.stats, Job.hyperparameters).where(Job.id == job_id)
+    ).one_or_none()
+    if row is None:
+        return Placement(TRAINING_QUEUE)
+    return place(session, job_need(row.stats), within_seconds, job_gpus(row.hyperparameters))
 
 
 def device_counts(session: Session, within_seconds: float) -> dict[str, int]:

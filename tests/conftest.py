@@ -36,10 +36,12 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) ->
 
 
 def _reset_process_state() -> None:
+    from api import job_reads
     from shared.db.session import reset_engines
 
     get_settings.cache_clear()
     reset_engines()
+    job_reads.forget_all()
 
 
 def postgres_available() -> str | None:

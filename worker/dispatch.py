@@ -18,7 +18,7 @@ from shared.db.tables import Job, JobStatus
 from shared.jobs import Lease, LeaseLost, add_events, event_row, release_job, retry_db
 from shared.naming import TRAIN_TASK, TRAINING_QUEUE
 from shared.settings import get_settings
-from shared.workers import GIB, Placement, place, place_job
+from shared.workers import Placement, place, place_job
 from worker.reporting import merge_stats
 
 log = logging.getLogger(__name__)
@@ -101,26 +101,24 @@ def send_job(job_id: str) -> bool:
     return _send(job_id, queue)
 
 
-def forward(lease: Lease, stats: dict[str, Any], offered: int) -> bool:
-    """Give a job this worker lacks the memory for back to the queue, and send it on.
+def forward(lease: Lease, stats: dict[str, Any], why: str, gpus: int = 1) -> bool:
+    """Give a job this worker lacks the memory or GPUs for back to the queue, and send it on.
 
-    The attempt is refunded; stats (the plan's memory estimate) are kept, so the sweep and
-    the API route it from now on without planning again. False when the lease was lost.
+    why says what it lacks ("{owner}" becomes this worker's id). The attempt is refunded;
+    stats (the plan's memory estimate) are kept, so the sweep and the API route it from now
+    on without planning again. False when the lease was lost.
     """
     need = int(stats["memory_estimate"]["total_bytes"])
+    short = why.replace("{owner}", lease.owner)
 
     def transaction() -> Placement:
         now = time.time()
         with session_scope() as session:
             release_job(session, lease, JobStatus.queued, refund_attempt=True)
             merge_stats(session, lease.job_id, stats)
-            placement = place(session, need, get_settings().lease_seconds)
+            placement = place(session, need, get_settings().lease_seconds, gpus)
             if placement.queue == TRAINING_QUEUE:  # this worker's own row is not live
-                placement = Placement(None, "no other live worker reports enough memory")
-            short = (
-                f"Needs about {need / GIB:.2f} GiB; this worker ({lease.owner}) offers "
-                f"{offered / GIB:.2f} GiB"
-            )
+                placement = Placement(None, "no other live worker reports enough of it")
             if placement.queue is not None:
                 where = placement.worker_id or "the training queue"
                 add_events(session, [event_row(lease.job_id, f"{short}: sent to {where}")])

@@ -43,6 +43,8 @@ from worker.publishing import job_scratch, restore_checkpoints
 from worker.reporting import DbReporter, merge_stats
 from worker.training.callbacks import StopReason
 
+GIB = 1024**3
+
 if TYPE_CHECKING:  # the engine imports torch: only inside the functions that run it
     from worker.training.plan import Plan
 
@@ -50,11 +52,11 @@ log = logging.getLogger(__name__)
 
 
 class NotHere(Exception):
-    """The job needs more memory than this worker offers: another worker should run it."""
+    """The job needs more memory or GPUs than this worker has: another worker should run it."""
 
-    def __init__(self, summary: dict[str, Any], offered: int) -> None:
-        super().__init__(f"needs {summary['memory_estimate']['total_bytes']} bytes")
-        self.summary, self.offered = summary, offered
+    def __init__(self, summary: dict[str, Any], why: str, gpus: int) -> None:
+        super().__init__(why)
+        self.summary, self.why, self.gpus = summary, why, gpus
 
 
 class JobFailure(Exception):
@@ -126,7 +128,7 @@ def run_job(job_id: str, worker_id: str) -> Outcome:
         except NotHere as elsewhere:
             from worker.dispatch import forward
 
-            moved = forward(lease, plan_stats(elsewhere.summary), elsewhere.offered)
+            moved = forward(lease, plan_stats(elsewhere.summary), elsewhere.why, elsewhere.gpus)
             return Outcome.forwarded if moved else Outcome.lease_lost
         except JobFailure as failure:
             return handle_failure(lease, failure.error)
@@ -141,6 +143,17 @@ def run_job(job_id: str, worker_id: str) -> Outcome:
         finally:
             shutil.rmtree(work, ignore_errors=True)
             release_job_memory()
+
+
+def warm_up() -> None:
+    """Import what a job's pickup needs (torch, transformers, the planner and the engine):
+    done once at worker start, so the first job is not seconds slower than the next."""
+    import worker.training.device
+    import worker.training.engine
+    import worker.training.memory
+    import worker.training.model_loading
+    import worker.training.plan
+    import worker.training.task_plan  # noqa: F401
 
 
 def release_job_memory() -> None:
@@ -209,6 +222,7 @@ def prepare(
     from worker.training.model_loading import ModelUnavailable, ensure_available
     from worker.training.plan import PlanError, with_method
     from worker.training.task_plan import plan_task
+    from worker.training.token_cache import timed_tokenization
 
     base = find_base_model(job.model, settings.resolved_models_dir)
     if base is None:
@@ -227,25 +241,30 @@ def prepare(
     task = options.task or task_for_format(train_format)
     try:
         hp = Hyperparameters.model_validate(job.hyperparameters)
-        plan = plan_task(hp, base, options, task, train_records, valid_records, job.seed)
+        with timed_tokenization() as tokenizing:
+            plan = plan_task(hp, base, options, task, train_records, valid_records, job.seed)
         plan = with_method(plan, part_of(MethodOptions, options))
     except PlanError as exc:
         raise JobFailure("invalid_hyperparameters", str(exc), exc.param) from None
+    plan.summary["tokenize_seconds"] = round(tokenizing.seconds, 4)
+    plan.summary["tokenize_cached"] = tokenizing.cached
     if check_memory:
         from worker.fleet import capacity_bytes
         from worker.training.device import pick_device
         from worker.training.memory import memory_problem
 
-        device = pick_device()
+        device, gpus = pick_device(), plan.spec.n_gpus
         offered = capacity_bytes(device)
-        if offered is not None and plan.summary["memory_estimate"]["total_bytes"] > offered:
-            raise NotHere(plan.summary, offered)
+        need = plan.summary["memory_estimate"]["total_bytes"]
+        if offered is not None and need > offered:
+            why = f"Needs about {need / GIB:.2f} GiB; this worker ({{owner}}) offers "
+            raise NotHere(plan.summary, why + f"{offered / GIB:.2f} GiB", gpus)
         problem = memory_problem(plan.summary["memory_estimate"], str(device))
         if problem:
             raise JobFailure("insufficient_memory", problem, None)
-        problem = gpu_count_problem(plan.spec.n_gpus, pick_device().type)
-        if problem:
-            raise JobFailure("insufficient_gpus", problem, "n_gpus")
+        problem = gpu_count_problem(gpus, device.type)
+        if problem:  # another worker may have them: the fleet decides (no_worker_fits)
+            raise NotHere(plan.summary, f"{problem} ({{owner}})", gpus)
     return plan
 
 
@@ -339,4 +358,8 @@ def method_message(summary: dict[str, Any]) -> str:
 def plan_stats(summary: dict[str, Any]) -> dict[str, Any]:
     """Parameter counts and the memory estimate, for Job.stats and the job object."""
     names = ("training_method", "trainable_parameters", "total_parameters", "memory_estimate")
-    return {name: summary[name] for name in names}
+    # How long the files took to tokenize, and whether the token cache served them.
+    timing: dict[str, Any] = {
+        k: summary[k] for k in ("tokenize_seconds", "tokenize_cached") if k in summary
+    }
+    return {**{name: summary[name] for name in names}, **timing}

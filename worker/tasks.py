@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 def _join_fleet(sender: str, instance: Any, **_: Any) -> None:
     """Check the device, log it and join the workers table; an unusable GPU stops the worker."""
     from worker.fleet import DeviceUnavailable, start_worker_beat
+    from worker.run_job import warm_up
 
+    warm_up()  # before joining: a worker the API lists picks a job up without imports
     try:
         start_worker_beat(worker_identity(), list(instance.app.amqp.queues.consume_from))
     except DeviceUnavailable as exc:

@@ -3,6 +3,7 @@
 from typing import Annotated, Literal
 
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Owner
@@ -49,12 +50,12 @@ class ClassificationList(BaseModel):
     summary="Label texts with a fine-tuned classifier",
     responses={503: {"description": "no inference worker answered in time"}},
 )
-def create_classification(body: ClassificationCreate, owner: Owner) -> ClassificationList:
-    """Ask an inference worker for labels and wait (a plain def: it waits in the threadpool)."""
+async def create_classification(body: ClassificationCreate, owner: Owner) -> ClassificationList:
+    """Ask an inference worker for labels and wait (awaited: the wait holds no thread)."""
     texts = [body.input] if isinstance(body.input, str) else body.input
-    location = model_location(owner, body.model)
+    location = await run_in_threadpool(model_location, owner, body.model)
     request = {"model": body.model, "location": location, "input": texts}
-    answer = run_classification(owner, request, get_settings().completion_timeout_seconds)
+    answer = await run_classification(owner, request, get_settings().completion_timeout_seconds)
     if "error" in answer:
         error = answer["error"] or {}
         raise ApiError(

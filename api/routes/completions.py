@@ -86,7 +86,8 @@ def check_generated_tokens(body: CompletionCreate) -> None:
 async def create_completion(
     body: CompletionCreate, owner: Owner
 ) -> CompletionOut | StreamingResponse:
-    """Ask an inference worker for text: wait for all of it, or stream it as it comes."""
+    """Ask an inference worker for text: wait for all of it (awaited: the wait holds no
+    thread), or stream it as it comes."""
     if isinstance(body.prompt, list) and not body.prompt:
         raise ApiError(400, "prompt: give a string or a non-empty list of strings", param="prompt")
     if body.stream_options is not None and not body.stream:
@@ -102,9 +103,7 @@ async def create_completion(
         shape = StreamShape(new_id("cmpl"), body.model, include_usage=include_usage)
         return await stream_response(owner, request, shape, prompts * body.n)
     settings = get_settings()
-    answer = await run_in_threadpool(
-        run_completion, owner, request, settings.completion_timeout_seconds
-    )
+    answer = await run_completion(owner, request, settings.completion_timeout_seconds)
     if "error" in answer:
         error = answer["error"] or {}
         raise ApiError(

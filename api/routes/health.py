@@ -80,8 +80,8 @@ def _workers() -> list[WorkerView]:
 
 
 @router.get("/healthz", response_model=Health, operation_id="readHealth", summary="Process is up")
-def read_health() -> Health:
-    """200 while the process serves requests."""
+async def read_health() -> Health:
+    """200 while the process serves requests (async: it needs no threadpool thread)."""
     return Health(status="ok")
 
 

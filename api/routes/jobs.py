@@ -4,9 +4,10 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
 
+from api import job_reads
 from api.auth import Owner
 from api.deps import JobDep, SessionDep
 from api.events_stream import event_stream_response
@@ -61,9 +62,10 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, operation_id="readJob", summary="Retrieve a job")
-def read_job(job: JobDep) -> JobOut:
-    """One of the caller's jobs."""
-    return job_out(job)
+async def read_job(job_id: str, owner: Owner) -> Response:
+    """One of the caller's jobs: the route clients poll, so from memory while the database is
+    unchanged (api/job_reads.py), else one thread hop and one short session."""
+    return Response(await job_reads.read(job_id, owner), media_type="application/json")
 
 
 @router.post(

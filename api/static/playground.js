@@ -1,4 +1,4 @@
-// Playground: one prompt, one or two models side by side, any checkpoint of a fine-tune.
+// Playground: one prompt (or a chat), one or two models side by side, any checkpoint of a fine-tune.
 import { $, api, el, guarded } from "./lib.js";
 import { streamText } from "./stream.js";
 
@@ -97,53 +97,115 @@ export function stopSequences(text) {
   return text.split("|").map(unescaped).filter((s) => s !== "").slice(0, 4);
 }
 
-function completionBody(model) {
-  const body = {
-    model,
-    prompt: $("play-prompt").value,
-    max_tokens: parseInt($("play-max-tokens").value, 10) || 40,
+function samplingParams() {
+  const params = {
     temperature: parseFloat($("play-temperature").value),
     top_p: parseFloat($("play-top-p").value),
   };
   const seed = $("play-seed").value.trim();
-  if (seed !== "") body.seed = parseInt(seed, 10);
+  if (seed !== "") params.seed = parseInt(seed, 10);
   const stop = stopSequences($("play-stop").value);
-  if (stop.length) body.stop = stop;
-  return body;
+  if (stop.length) params.stop = stop;
+  return params;
 }
 
-async function generate(pane) {
+function maxTokens() {
+  return parseInt($("play-max-tokens").value, 10) || 40;
+}
+
+// Chat mode: each pane keeps its own conversation; a turn sends it whole to /v1/chat/completions.
+const conversations = { a: [], b: [] };
+
+function chatMode() {
+  return $("play-chat").checked;
+}
+
+export function chatMessages(system, history, message) {
+  const messages = system.trim() ? [{ role: "system", content: system.trim() }] : [];
+  return [...messages, ...history, { role: "user", content: message }];
+}
+
+function turn(role, content) {
+  return el("div", { class: `turn ${role}` }, el("b", {}, role === "user" ? "User: " : "Assistant: "), content);
+}
+
+// The pane's conversation; pending: the message being answered, with the reply so far.
+function showConversation(pane, pending, partial) {
+  const turns = conversations[pane].map((m) => turn(m.role, m.content));
+  if (pending !== undefined) turns.push(turn("user", pending), turn("assistant", partial || "…"));
+  $(`play-output-${pane}`).replaceChildren(...turns);
+}
+
+function clearChat() {
+  for (const pane of PANES) {
+    conversations[pane] = [];
+    showConversation(pane);
+    $(`play-meta-${pane}`).textContent = "";
+  }
+}
+
+function showMode() {
+  const chat = chatMode();
+  $("play-system-row").hidden = !chat;
+  $("play-clear").hidden = !chat;
+  $("play-prompt-label").textContent = chat ? "Message" : "Prompt";
+  $("play-generate").textContent = chat ? "Send" : "Generate";
+  clearChat();
+}
+
+async function generate(pane, prompt) {
   const model = $(`play-checkpoint-${pane}`).value || $(`play-model-${pane}`).value;
   const output = $(`play-output-${pane}`);
   const meta = $(`play-meta-${pane}`);
+  const chat = chatMode();
   delete output.dataset.done;
-  output.replaceChildren("Generating…");
+  if (chat) showConversation(pane, prompt);
+  else output.replaceChildren("Generating…");
   meta.textContent = "";
   const started = performance.now();
-  const body = completionBody(model);
+  const body = chat
+    ? { model, messages: chatMessages($("play-system").value, conversations[pane], prompt),
+        max_completion_tokens: maxTokens(), ...samplingParams() }
+    : { model, prompt, max_tokens: maxTokens(), ...samplingParams() };
   try {
     // Streamed: the text shows as the model writes it.
-    const show = (text) => output.replaceChildren(el("b", {}, body.prompt), text);
-    const choice = await streamText("/v1/completions", body, show);
-    show(choice.text);
+    let choice;
+    if (chat) {
+      choice = await streamText("/v1/chat/completions", body, (text) => showConversation(pane, prompt, text));
+      conversations[pane].push({ role: "user", content: prompt }, { role: "assistant", content: choice.text });
+      showConversation(pane);
+    } else {
+      const show = (text) => output.replaceChildren(el("b", {}, prompt), text);
+      choice = await streamText("/v1/completions", body, show);
+      show(choice.text);
+    }
     const tokens = choice.usage ? `${choice.usage.completion_tokens} tokens · ` : "";
     const seconds = ((performance.now() - started) / 1000).toFixed(1);
     meta.textContent = `${model} · ${tokens}finish: ${choice.finish_reason} · ${seconds} s`;
     output.dataset.done = "true";
   } catch (err) {
-    output.replaceChildren();
+    if (chat) showConversation(pane);
+    else output.replaceChildren();
     throw err;
   }
 }
 
 export function initPlayground() {
   $("play-compare").addEventListener("change", showPanes);
+  $("play-chat").addEventListener("change", showMode);
+  $("play-clear").addEventListener("click", clearChat);
   for (const pane of PANES) {
-    $(`play-model-${pane}`).addEventListener("change", () => guarded(() => fillWeights(pane)));
+    $(`play-model-${pane}`).addEventListener("change", () => {
+      conversations[pane] = []; // another model: its conversation starts afresh
+      if (chatMode()) showConversation(pane);
+      guarded(() => fillWeights(pane));
+    });
   }
   $("play-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const panes = $("play-compare").checked ? PANES : ["a"];
-    for (const pane of panes) guarded(() => generate(pane));
+    const prompt = $("play-prompt").value;
+    if (chatMode()) $("play-prompt").value = ""; // the message moves into the conversation
+    for (const pane of panes) guarded(() => generate(pane, prompt));
   });
 }

@@ -9,11 +9,21 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import get_settings
 
+SQLITE_POOL_SIZE = 40
+
 
 def make_engine(url: str) -> Engine:
     """An engine for url; for SQLite, WAL and a 30 s busy timeout so workers and API coexist."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        # WAL lets readers run beside the one writer: a connection per API threadpool thread
+        # (AnyIO's 40) means no request waits for the pool just to read.
+        engine = create_engine(
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            pool_size=SQLITE_POOL_SIZE,
+            max_overflow=0,
+            pool_timeout=60,
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -29,14 +39,35 @@ def make_engine(url: str) -> Engine:
 
 
 _ENGINES: dict[str, Engine] = {}
+# One session factory per engine: making a sessionmaker costs more than the query it serves.
+_SESSIONS: dict[str, sessionmaker[Session]] = {}
+
+
+# The settings object the last lookup resolved, and its URL: resolving the SQLite path touches
+# the filesystem, and get_settings() returns the same object until a test clears it.
+_RESOLVED: list[tuple[object, str]] = []
+
+
+def _database_url() -> str:
+    settings = get_settings()
+    if not _RESOLVED or _RESOLVED[0][0] is not settings:
+        _RESOLVED[:] = [(settings, settings.resolved_database_url)]
+    return _RESOLVED[0][1]
 
 
 def get_engine() -> Engine:
     """The engine for the configured database (one per URL per process)."""
-    url = get_settings().resolved_database_url
+    url = _database_url()
     if url not in _ENGINES:
         _ENGINES[url] = make_engine(url)
     return _ENGINES[url]
+
+
+def _session_factory() -> sessionmaker[Session]:
+    url = _database_url()
+    if url not in _SESSIONS:
+        _SESSIONS[url] = sessionmaker(bind=get_engine(), expire_on_commit=False)
+    return _SESSIONS[url]
 
 
 def reset_engines() -> None:
@@ -44,12 +75,14 @@ def reset_engines() -> None:
     for engine in _ENGINES.values():
         engine.dispose()
     _ENGINES.clear()
+    _SESSIONS.clear()
+    _RESOLVED.clear()
 
 
 @contextmanager
 def session_scope() -> Iterator[Session]:
     """A short transaction: commit on success, roll back on error, always close."""
-    session = sessionmaker(bind=get_engine(), expire_on_commit=False)()
+    session = _session_factory()()
     try:
         yield session
         session.commit()

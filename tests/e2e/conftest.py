@@ -1,5 +1,6 @@
 """Real processes: a private redis-server, `gpt2ft api` and `gpt2ft worker`, SQLite home."""
 
+import io
 import os
 import secrets
 import shutil
@@ -7,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -108,6 +110,20 @@ def api_client(service: Service) -> httpx.Client:
     """Plain HTTP on the service's /v1 with its key."""
     headers = {"Authorization": f"Bearer {service.api_key}"}
     return httpx.Client(base_url=f"{service.url}/v1", headers=headers, timeout=60)
+
+
+def download_model(service: Service, model_id: str, into: Path) -> Path:
+    """GET /v1/models/{id}/content unpacked into into; the model's folder."""
+    response = httpx.get(
+        f"{service.url}/v1/models/{model_id}/content",
+        headers={"Authorization": f"Bearer {service.api_key}"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
+        tar.extractall(into, filter="data")
+    (folder,) = list(into.iterdir())
+    return folder
 
 
 def upload_text(api: httpx.Client, name: str, text: str) -> str:

@@ -303,6 +303,11 @@ def test_job_page_shows_resolved_values_files_charts_samples_and_events(
     assert facts.locator("tr[data-fact=training-file] td").inner_text().startswith("jokes.txt")
     assert "split from the training file (10%)" in facts.inner_text()
     assert facts.locator("tr[data-fact=metadata] td").inner_text() == "team: nlp"
+    # Memorization: the fine-tuned figure beside the base model's, and the increase.
+    final = http.get(f"/fine_tuning/jobs/{job_id}").json()["final_metrics"]
+    memorized = facts.locator("tr[data-fact=memorization] td").inner_text()
+    assert f"base model {final['memorization_fraction_base'] * 100:.1f}%" in memorized
+    assert "increase" in memorized
 
     # Charts: every logged step, the learning rate and the accuracy.
     assert points_drawn(page, "#chart-loss polyline.series.train") == len(metrics)
@@ -372,6 +377,11 @@ def test_playground_compares_a_checkpoint_with_its_base_model(
     page.wait_for_selector(f"#play-checkpoint-a option[value='{checkpoint}']", state="attached")
     assert page.input_value("#play-model-a") == model
     assert page.input_value("#play-model-b") == "gpt2-tiny"
+    # A base model this host cannot load (offline, not cached) is shown greyed out, not pickable.
+    offline = page.locator("#play-model-b option[value='gpt2-xl']")
+    available = http.get("/models/gpt2-xl").json()["available"]
+    assert offline.is_disabled() is (not available)
+    assert ("(not available here)" in offline.inner_text()) is (not available)
     steps = page.locator("#play-checkpoint-a option").all_inner_texts()
     assert steps[0] == "final model" and len(steps) == len(checkpoints) + 1
     page.select_option("#play-checkpoint-a", checkpoint)
@@ -392,6 +402,45 @@ def test_playground_compares_a_checkpoint_with_its_base_model(
         assert body["seed"] == 5 and body["top_p"] == 0.9 and body["stop"] == ["xyz", "\n"]
     assert checkpoint in page.inner_text("#play-meta-a")
     shot(page, "playground")
+
+
+def test_playground_chat_mode_keeps_the_conversation(
+    page: Any, service: Service, http: httpx.Client
+) -> None:
+    sign_in(page, service, "#/playground?model=gpt2-tiny")
+    page.wait_for_selector("#play-model-a option[value='gpt2-tiny']", state="attached")
+    page.uncheck("#play-compare")
+    page.check("#play-chat")
+    assert page.inner_text("#play-generate") == "Send" and page.is_visible("#play-system")
+    fill(page, {"system": "Be brief.", "max-tokens": "6", "temperature": "0"}, prefix="play")
+    sent = posted_bodies(page, "/v1/chat/completions")
+    replies = []
+    for message in ("Hi there", "And again?"):
+        page.fill("#play-prompt", message)
+        page.click("#play-generate")
+        page.wait_for_selector("#play-output-a[data-done=true]", timeout=120_000)
+        body = dict(sent[-1])
+        assert body.pop("stream") is True
+        body.pop("stream_options")
+        answer = http.post("/chat/completions", json=body)
+        assert answer.status_code == 200, answer.text
+        replies.append(answer.json()["choices"][0]["message"]["content"])
+    system = {"role": "system", "content": "Be brief."}
+    assert sent[0]["messages"] == [system, {"role": "user", "content": "Hi there"}]
+    # The second turn sends the first one back, with the reply the page showed.
+    assert sent[1]["messages"] == [
+        system,
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": replies[0]},
+        {"role": "user", "content": "And again?"},
+    ]
+    assert sent[1]["max_completion_tokens"] == 6 and sent[1]["temperature"] == 0
+    shown = page.inner_text("#play-output-a")
+    assert "User: Hi there" in shown and "User: And again?" in shown
+    assert shown.count("Assistant:") == 2 and page.input_value("#play-prompt") == ""
+    shot(page, "playground-chat")
+    page.click("#play-clear")
+    assert page.inner_text("#play-output-a") == ""
 
 
 def test_running_job_shows_eta_and_tokens_per_second(

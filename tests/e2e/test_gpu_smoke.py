@@ -18,6 +18,7 @@ TASK_METHODS = LM_METHODS | {
     "completion lora",
     "classification full",
     "classification transfer",
+    "classification lora",
 }
 
 
@@ -32,7 +33,7 @@ def test_the_gpu_smoke_passes_on_the_cpu(tmp_path: Path) -> None:
         timeout=1800,
     )
     assert finished.returncode == 0, finished.stdout[-4000:] + finished.stderr[-4000:]
-    assert "gpu-smoke on cpu: 11 runs" in finished.stdout and "passed" in finished.stdout
+    assert "gpu-smoke on cpu: 12 runs" in finished.stdout and "passed" in finished.stdout
     report = json.loads((tmp_path / "gpu_smoke.json").read_text())
     runs = report["runs"]
     assert all(run["status"] == "succeeded" for run in runs), runs

@@ -1,14 +1,13 @@
 """A LoRA job through the openai SDK, a dry run, then the model downloaded and loaded."""
 
 import io
-import tarfile
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import Service
+from tests.e2e.conftest import Service, download_model
 from tests.e2e.corpus import corpus_text
 
 pytestmark = pytest.mark.e2e
@@ -96,15 +95,7 @@ def test_lora_job_then_download_and_load(
         model=job.fine_tuned_model, prompt="Why did the", max_tokens=8, temperature=0
     )
 
-    response = httpx.get(
-        f"{service.url}/v1/models/{job.fine_tuned_model}/content",
-        headers={"Authorization": f"Bearer {service.api_key}"},
-        timeout=60,
-    )
-    assert response.status_code == 200, response.text
-    with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
-        tar.extractall(tmp_path, filter="data")
-    (folder,) = list(tmp_path.iterdir())
+    folder = download_model(service, job.fine_tuned_model, tmp_path)
     assert (folder / "adapter" / "adapter_model.safetensors").is_file()
     assert (folder / "adapter" / "adapter_config.json").is_file()
     merged = AutoModelForCausalLM.from_pretrained(folder).eval()

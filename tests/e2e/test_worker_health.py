@@ -40,7 +40,7 @@ def celery_child(supervisor: int, queue: str) -> int:
     """The pid of the supervisor's Celery process for queue."""
     for child in psutil.Process(supervisor).children():
         argv = child.cmdline()
-        if "-Q" in argv and argv[argv.index("-Q") + 1] == queue:
+        if "-Q" in argv and queue in argv[argv.index("-Q") + 1].split(","):
             return child.pid
     raise AssertionError(f"no {queue} Celery process under {supervisor}")
 

@@ -12,6 +12,9 @@ from tests.integration.conftest import GOOD_JSONL, upload
 JOBS = "/v1/fine_tuning/jobs"
 LABELED = b'{"text": "good", "label": "pos"}\n{"text": "bad", "label": "neg"}\n'
 QA = b'{"prompt": "Q: hi? A:", "completion": " hello"}\n'
+CHAT = (
+    b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+)
 
 
 def create(api: TestClient, headers: dict[str, str], **body: Any) -> Any:
@@ -50,6 +53,9 @@ def test_task_is_inferred_and_stored(api: TestClient, alice: dict[str, str]) -> 
         ("text", {"task": "regression"}, 422, "task", "task"),
         ("text", {"max_length": 4}, 422, "max_length", "max_length"),
         ("labeled+qa", {}, 400, "holds completion records", "validation_file"),
+        ("text", {"task": "chat"}, 400, 'needs "messages" records', "training_file"),
+        ("chat", {"task": "completion"}, 400, "holds chat records", "training_file"),
+        ("chat+qa", {}, 400, "holds completion records", "validation_file"),
     ],
 )  # fmt: skip
 def test_task_errors(
@@ -61,7 +67,7 @@ def test_task_errors(
     fragment: str,
     param: str,
 ) -> None:
-    contents = {"text": GOOD_JSONL, "labeled": LABELED, "qa": QA}
+    contents = {"text": GOOD_JSONL, "labeled": LABELED, "qa": QA, "chat": CHAT}
     ids = [upload(api, alice, contents[name])["id"] for name in files.split("+")]
     body = {"training_file": ids[0], **extra}
     if len(ids) > 1:
@@ -70,3 +76,25 @@ def test_task_errors(
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert fragment in error["message"] and error["param"] == param
+
+
+def test_chat_files_infer_the_chat_task(api: TestClient, alice: dict[str, str]) -> None:
+    chat = upload(api, alice, CHAT * 3, name="chat.jsonl")
+    assert chat["format"] == "jsonl" and chat["records"] == 3
+    job = create(api, alice, training_file=chat["id"], training_method="lora").json()
+    assert job["hyperparameters"]["task"] == "chat"
+
+
+def test_chat_upload_errors_name_the_line(api: TestClient, alice: dict[str, str]) -> None:
+    bad = CHAT + b'{"messages": [{"role": "user", "content": "hi", "weight": 1}]}\n'
+    response = api.post(
+        "/v1/files",
+        headers=alice,
+        files={"file": ("chat.jsonl", bad)},
+        data={"purpose": "fine-tune"},
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (
+        'chat.jsonl: line 2: "messages[0].weight" is only allowed on assistant' in error["message"]
+    )

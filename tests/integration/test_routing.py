@@ -25,13 +25,15 @@ from worker.run_job import run_job
 TINY = 1 / 1024  # GiB: 1 MiB, less than any job on gpt2-tiny needs
 
 
-def worker(worker_id: str, memory_gib: float | None, queues: list[str] | None = None) -> None:
+def worker(
+    worker_id: str, memory_gib: float | None, queues: list[str] | None = None, gpus: int = 1
+) -> None:
     report: dict[str, Any] = {
         "hostname": worker_id.split(":")[0],
         "queues": queues if queues is not None else ["training", f"training.{worker_id}"],
         "device_kind": "cpu" if memory_gib is None else "cuda",
         "device": "cpu" if memory_gib is None else "cuda:0",
-        "device_count": 0,
+        "device_count": 0 if memory_gib is None else gpus,
         "devices": [],
         "memory_bytes": None if memory_gib is None else int(memory_gib * GIB),
     }
@@ -80,6 +82,20 @@ def test_the_rule_prefers_idle_then_smallest_fitting_worker(api: TestClient) -> 
         assert place(session, 100 * GIB, 60).queue is None
         listed = {row["id"]: row["job"] for row in fleet(session, 60)}
         assert listed == {"small": None, "big": "ftjob-busy"}
+
+
+def test_n_gpus_goes_to_a_worker_with_that_many(api: TestClient) -> None:
+    worker("one", 80)
+    worker("four", 80, gpus=4)
+    with session_scope() as session:
+        assert place(session, None, 60).queue == "training"
+        assert place(session, None, 60, gpus=2).queue == "training.four"  # known before planning
+        assert place(session, 10 * GIB, 60, gpus=4).queue == "training.four"
+        nowhere = place(session, 10 * GIB, 60, gpus=8)
+        assert nowhere.reason == "n_gpus 8: the live worker with the most GPUs (four) has 4"
+    worker("cpu", None)  # a CPU worker runs any n_gpus as gloo ranks
+    with session_scope() as session:
+        assert place(session, 10 * GIB, 60, gpus=8).queue == "training.cpu"
 
 
 def test_a_job_too_big_for_its_worker_goes_to_one_that_fits_else_waits_then_fails(

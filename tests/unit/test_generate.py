@@ -161,3 +161,11 @@ def test_echo_with_logprobs_scores_the_prompt(tiny: str) -> None:
     assert [e["token"] for e in entries[:3]] == ["Hello", " big", " world"]
     assert entries[0]["logprob"] is None and entries[1]["logprob"] < 0
     assert [e["offset"] for e in entries[:3]] == [0, 5, 9]
+
+
+def test_held_back_keeps_what_may_still_become_a_stop_string_or_a_character() -> None:
+    assert generation.held_back("hello wo", ["world"]) == 2
+    assert generation.held_back("hello w", ["xyz", " wx", "w!"]) == 2  # the longest wins
+    assert generation.held_back("hello", ["world"]) == 0
+    assert generation.held_back("caf\ufffd", []) == 1  # the rest of the UTF-8 bytes is coming
+    assert generation.held_back("ab", ["b"]) == 0  # a whole stop string is cut, not held

@@ -5,6 +5,7 @@ A fresh interpreter plans a JSONL of half a million {"text": "a"} lines the way 
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,14 +26,17 @@ from shared.catalog import find_base_model
 from shared.spec import Hyperparameters, TaskOptions
 from worker.run_job import StoredRecords
 from worker.training.task_plan import plan_task
+from worker.training.token_cache import timed_tokenization
 
 models, small, big = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 base = find_base_model("gpt2-tiny", models)
 hp = Hyperparameters(n_epochs=1, batch_size=8, block_size=64)
 
 def plan(path):
+    # As the worker plans: the token cache on (records hashed, then tokenized: two passes).
     records = StoredRecords(path, "jsonl-text", "training_file", "file-x")
-    return plan_task(hp, base, TaskOptions(), "causal_lm", records, None, 0)
+    with timed_tokenization():
+        return plan_task(hp, base, TaskOptions(), "causal_lm", records, None, 0)
 
 def rss_kb():
     status = Path("/proc/self/status").read_text()
@@ -54,8 +58,10 @@ def test_planning_tiny_records_stays_near_the_token_arrays(
     small, big = tmp_path / "small.jsonl", tmp_path / "big.jsonl"
     small.write_bytes(line * 1000)
     big.write_bytes(line * RECORDS)
+    env = {**os.environ, "GPT2FT_SCRATCH_DIR": str(tmp_path / "scratch")}
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(models_dir), str(small), str(big)],
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,

@@ -7,7 +7,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from worker.training.data import split_blocks, tokenize_records
+from shared.chat import render_chat, trained_spans
+from worker.training.data import split_blocks
+from worker.training.token_cache import tokenize_cached
 
 # Labels the loss skips: CrossEntropyLoss's ignore_index, which HF models use too.
 IGNORE = -100
@@ -162,6 +164,45 @@ def completion_examples(
     return Examples(ids, mask, out, padding_stats(rows, ids.shape[1], truncated))
 
 
+def chat_labels(
+    ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]
+) -> list[int]:
+    """Each token's label: its id where it starts inside a trained span, else IGNORE."""
+    return [
+        token if any(start <= offset[0] < end for start, end in spans) else IGNORE
+        for token, offset in zip(ids, offsets, strict=True)
+    ]
+
+
+def chat_window(labels: list[int], max_length: int) -> tuple[int, int]:
+    """(start, end) of the row kept when it is longer than max_length: its beginning, or,
+    when that holds no trained token, the max_length tokens ending at the first one."""
+    if len(labels) <= max_length or any(t != IGNORE for t in labels[:max_length]):
+        return 0, min(len(labels), max_length)
+    end = next(i for i, t in enumerate(labels) if t != IGNORE) + 1
+    return end - max_length, end
+
+
+def chat_examples(
+    conversations: list[list[dict[str, Any]]], tokenizer: Any, pad_id: int, max_length: int
+) -> Examples:
+    """One conversation per row, rendered with the chat template; the loss sees the content
+    and closing <|endoftext|> of assistant messages of weight 1, nothing else."""
+    texts = [render_chat(messages) for messages in conversations]
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    rows, labels, truncated = [], [], 0
+    for messages, ids, offsets in zip(
+        conversations, encoded["input_ids"], encoded["offset_mapping"], strict=True
+    ):
+        row_labels = chat_labels(list(ids), list(offsets), trained_spans(messages))
+        start, end = chat_window(row_labels, max_length)
+        truncated += end - start < len(ids)
+        rows.append(list(ids[start:end]))
+        labels.append(row_labels[start:end])
+    ids_t, mask, out = pad_right(rows, labels, pad_id)
+    return Examples(ids_t, mask, out, padding_stats(rows, ids_t.shape[1], truncated))
+
+
 def sorted_labels(labels: Sequence[str]) -> list[str]:
     """Distinct labels, integers in numeric order first, then strings alphabetically."""
 
@@ -194,18 +235,21 @@ def split_examples(
 
 
 def build_examples(
-    task: str, records: list[dict[str, str]], tokenizer: Any, max_length: int,
+    task: str, records: list[dict[str, Any]], tokenizer: Any, max_length: int,
     label_names: list[str] | None = None,
 ) -> Examples:  # fmt: skip
     """Examples for a non-packed task from its records."""
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
+    if task == "chat":
+        conversations = [r["messages"] for r in records]
+        return chat_examples(conversations, tokenizer, pad_id, max_length)
     if task == "completion":
-        prompts = tokenize_records([r["prompt"] for r in records], tokenizer)
-        completions = tokenize_records([r["completion"] for r in records], tokenizer)
+        prompts = tokenize_cached([r["prompt"] for r in records], tokenizer)
+        completions = tokenize_cached([r["completion"] for r in records], tokenizer)
         return completion_examples(prompts, completions, tokenizer.eos_token_id, pad_id, max_length)
-    texts = tokenize_records([r["text"] for r in records], tokenizer)
+    texts = tokenize_cached([r["text"] for r in records], tokenizer)
     if task == "classification":
         assert label_names is not None
         index = {name: i for i, name in enumerate(label_names)}

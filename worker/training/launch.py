@@ -33,7 +33,7 @@ from shared.spec import TrainingSpec
 from worker.training.callbacks import StopReason, TrainingCallbacks
 from worker.training.engine import TrainResult
 from worker.training.examples import Examples
-from worker.training.ranks import EVENTS, INPUTS, RESULT, STOP, die_with_parent
+from worker.training.ranks import EVENTS, INPUTS, RESULT, STOP
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.2
@@ -79,16 +79,29 @@ class EventRelay:
             callbacks.on_message(event["message"], event["data"])
 
 
+# Runs first in the child: PR_SET_PDEATHSIG (kept across exec), then exec torchrun. Not
+# Popen's preexec_fn, which may deadlock in a process with threads (the heartbeat's).
+EXEC_DYING_WITH_PARENT = """
+import ctypes, os, sys
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    if os.getppid() != int(sys.argv[1]):
+        sys.exit(1)  # the parent died before the prctl
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
+
+
 def torchrun_command(n_ranks: int, folder: Path) -> list[str]:
     """torchrun on one host, its rendezvous on a free port, each rank in worker.training.ranks."""
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        sys.executable, "-c", EXEC_DYING_WITH_PARENT, str(os.getpid()),
+        "-m", "torch.distributed.run", "--standalone",
         f"--nproc_per_node={n_ranks}", "-m", "worker.training.ranks", str(folder),
     ]  # fmt: skip
 
 
 def start_ranks(n_ranks: int, folder: Path) -> subprocess.Popen[bytes]:
-    """torchrun in its own session, dying with this process; output to folder/torchrun.log."""
+    """torchrun in its own session, dying with this process (Linux); output to torchrun.log."""
     root = str(Path(__file__).resolve().parents[2])  # the repository: ranks import worker.*
     path = [root, os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
@@ -103,7 +116,6 @@ def start_ranks(n_ranks: int, folder: Path) -> subprocess.Popen[bytes]:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=die_with_parent,
         )
 
 

@@ -1,5 +1,6 @@
 """Base-model availability and loading: local folders and Hugging Face catalog names."""
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from shared.catalog import (
     missing_local_files,
     unavailable_message,
 )
+from shared.chat import CHAT_TEMPLATE
 from shared.settings import get_settings
 
 # Only the files a GPT-2 needs: never the .bin/.h5/.msgpack copies a hub repo also holds.
@@ -93,10 +95,32 @@ def model_load_kwargs() -> dict[str, Any]:
 
 
 def load_tokenizer(location: str) -> Any:
-    """The model's tokenizer; GPT-2 has no pad token, so EOS doubles as one."""
+    """The model's tokenizer; GPT-2 has no pad token, so EOS doubles as one.
+
+    A tokenizer without a chat template gets gpt2ft's (shared/chat.py), so every checkpoint
+    and model saved with it serves apply_chat_template as the chat route renders prompts.
+
+    Kept per process (a job's pickup would otherwise spend a second parsing the same JSON
+    files), until the folder's files change. Callers only read it: nothing sets its options.
+    """
+    return _cached_tokenizer(location, _files_signature(location))
+
+
+def _files_signature(location: str) -> tuple[tuple[str, int, int], ...]:
+    """Names, sizes and modification times of a local folder's files; () for a hub id."""
+    folder = Path(location)
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_tokenizer(location: str, _signature: tuple[tuple[str, int, int], ...]) -> Any:
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False, **_load_kwargs())
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
 

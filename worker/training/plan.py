@@ -23,11 +23,11 @@ from worker.training.data import (
     count_tokens,
     group_texts,
     split_blocks,
-    token_stream,
 )
 from worker.training.examples import Examples, blocks_to_examples, task_plan_message
 from worker.training.memory import ModelShape, estimate, total_parameters, trainable_parameters
 from worker.training.model_loading import load_tokenizer, model_context_length
+from worker.training.token_cache import token_stream_cached
 
 # Shorter blocks teach the model almost nothing about context; refuse rather than pretend.
 MIN_BLOCK_SIZE = 16
@@ -78,7 +78,7 @@ class Plan:
 
 
 def _stream(texts: Iterable[str], tokenizer: Any) -> np.ndarray:
-    return token_stream(texts, tokenizer, tokenizer.eos_token_id)
+    return token_stream_cached(texts, tokenizer, tokenizer.eos_token_id)
 
 
 def resolve_block_size(

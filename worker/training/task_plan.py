@@ -5,15 +5,37 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from shared.catalog import BaseModelEntry
+from shared.chat import render_chat
 from shared.spec import Hyperparameters, TaskOptions, auto_block_size
 from worker.training.examples import Examples, build_examples, sorted_labels, split_examples
 from worker.training.model_loading import load_tokenizer, model_context_length
 from worker.training.plan import Plan, PlanError, plan_training, resolve_spec
 
 
-def record_texts(records: Iterable[dict[str, str]]) -> Iterator[str]:
-    """The text a causal LM trains on: "text", or prompt followed by completion (lazily)."""
-    return (r["text"] if "text" in r else r["prompt"] + r["completion"] for r in records)
+def record_text(record: dict[str, Any]) -> str:
+    """The text a causal LM trains on: "text", prompt followed by completion, or a chat
+    rendered with the chat template."""
+    if "messages" in record:
+        return render_chat(record["messages"])
+    return record["text"] if "text" in record else record["prompt"] + record["completion"]
+
+
+def record_texts(records: list[dict[str, Any]]) -> list[str]:
+    """record_text of every record."""
+    return [record_text(r) for r in records]
+
+
+class RecordTexts:
+    """record_text of every record, read again on each pass and never held as a list.
+
+    Packed planning passes over them twice when the token cache is on (hash, then tokenize).
+    """
+
+    def __init__(self, records: Iterable[dict[str, Any]]) -> None:
+        self.records = records
+
+    def __iter__(self) -> Iterator[str]:
+        return (record_text(r) for r in self.records)
 
 
 def resolve_max_length(requested: int | None, n_positions: int) -> int:
@@ -62,8 +84,8 @@ def plan_task(
     read into a list, since every example is built from its own record.
     """
     if task == "causal_lm" and options.packing:
-        valid_texts = record_texts(valid_source) if valid_source is not None else None
-        plan = plan_training(hp, base, record_texts(train_source), valid_texts, seed)
+        valid_texts = RecordTexts(valid_source) if valid_source is not None else None
+        plan = plan_training(hp, base, RecordTexts(train_source), valid_texts, seed)
         plan.spec = plan.spec.model_copy(update={"task": task, "packing": True})
         return plan
     train_records = list(train_source)
