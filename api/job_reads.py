@@ -9,8 +9,11 @@ a threadpool hop and an ORM session. Other databases have no such counter: every
 the database.
 """
 
+import asyncio
 import sqlite3
 import threading
+
+from fastapi.concurrency import run_in_threadpool
 
 from api.deps import owned_job
 from api.job_views import job_out
@@ -49,9 +52,50 @@ def cached(job_id: str, owner: str) -> bytes | None:
     return entry[2] if entry[0] == data_version() else None
 
 
-def load(job_id: str, owner: str) -> bytes:
-    """Read the caller's job (404 if it is not theirs) and remember its JSON (threadpool)."""
-    version = data_version()  # before the read: a commit during it makes the entry stale
+# Loads under way, by (job, owner): the version each began at and its future.
+_loading: dict[tuple[str, str], tuple[int | None, "asyncio.Future[bytes]"]] = {}
+
+
+async def read(job_id: str, owner: str) -> bytes:
+    """The job's JSON: cached, else loaded in the threadpool.
+
+    After a commit every poller misses at once; they share one load, provided it began at the
+    version they found (so no commit came between its start and their arrival: its answer is
+    as fresh as their own read would be).
+    """
+    body = cached(job_id, owner)
+    if body is not None:
+        return body
+    key, version = (job_id, owner), data_version()
+    loop = asyncio.get_running_loop()
+    under_way = _loading.get(key)
+    if (
+        under_way
+        and version is not None
+        and under_way[0] == version
+        and under_way[1].get_loop() is loop
+    ):
+        return await asyncio.shield(under_way[1])
+    future: asyncio.Future[bytes] = loop.create_future()
+    _loading[key] = (version, future)
+    try:
+        body = await run_in_threadpool(load, job_id, owner, version)
+        future.set_result(body)
+        return body
+    except BaseException as exc:
+        future.set_exception(exc)
+        future.exception()  # retrieved: no "never retrieved" warning when nobody shared it
+        raise
+    finally:
+        if _loading.get(key, (None, None))[1] is future:
+            del _loading[key]
+
+
+def load(job_id: str, owner: str, version: int | None = None) -> bytes:
+    """Read the caller's job (404 if it is not theirs) and remember its JSON (threadpool);
+    version: data_version() taken before the read (a commit during it makes the entry stale)."""
+    if version is None:
+        version = data_version()
     with session_scope() as session:
         body = job_out(owned_job(job_id, owner, session)).model_dump_json().encode()
     if version is not None:

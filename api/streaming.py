@@ -30,6 +30,8 @@ from shared.settings import get_settings
 
 # How long one blocking read waits before looking at the deadline again.
 READ_SECONDS = 1.0
+# At most this many queued events are read per round trip.
+BATCH = 256
 # An asyncio client belongs to its event loop: one per loop (tests start several) and URL.
 _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aioredis.Redis]]" = (
     weakref.WeakKeyDictionary()
@@ -151,20 +153,21 @@ class _Stream:
         self.request = {**request, "stream_key": self.key, "deadline": self.deadline}
         self.slot: Slot | None = None
         self.ended = False
+        self.early: list[dict[str, Any]] = []  # events read with `start`
 
     def _send_task(self) -> None:
         self.slot = claim_inference_slot(self.owner, self.timeout)
         _send(GENERATE_TASK, self.request, self.timeout)
 
-    async def next_event(self) -> dict[str, Any] | None:
-        """The worker's next event, or None once the deadline has passed."""
+    async def next_events(self) -> list[dict[str, Any]]:
+        """The worker's events so far (waiting for the first), or [] once the deadline passed."""
         client = _async_redis()
         while (left := self.deadline - time.time()) > 0:
             item = await client.blpop([self.key], timeout=min(READ_SECONDS, max(left, 0.01)))
             if item is not None:
-                event: dict[str, Any] = json.loads(item[1])
-                return event
-        return None
+                rest = await client.lpop(self.key, BATCH) or []
+                return [json.loads(raw) for raw in [item[1], *rest]]
+        return []
 
     def close(self) -> None:
         """Free the slot; tell a worker still generating to stop; drop the list (never raises)."""
@@ -182,52 +185,65 @@ class _Stream:
         """Send the task and wait for `start`; errors before it are plain HTTP errors."""
         try:
             await run_in_threadpool(self._send_task)
-            event = await self.next_event()
+            events = await self.next_events()
         except redis.RedisError as exc:
             self.close()
             raise _unreachable(GENERATE_TASK, exc) from None
         except BaseException:
             self.close()
             raise
-        if event is None or event.get("type") != "start":
-            self.ended = event is not None
+        first = events[0] if events else None
+        if first is None or first.get("type") != "start":
+            self.ended = first is not None
             self.close()
-            error = (event or {}).get("error") or {}
-            if event is None or error.get("code") == "deadline_exceeded":
+            error = (first or {}).get("error") or {}
+            if first is None or error.get("code") == "deadline_exceeded":
                 raise _no_worker(self.timeout)
             raise ApiError(
                 400, str(error.get("message", "generation failed")), param=error.get("param")
             )
+        self.early = events[1:]
 
     async def messages(self) -> AsyncIterator[str]:
         """SSE messages until [DONE] (or an error message); always closes the stream."""
         try:
             for payload in self.shape.opening(self.choices):
                 yield sse(payload)
+            events = self.early
             while True:
-                event = await self.next_event()
-                if event is None:
+                if not events:
+                    events = await self.next_events()
+                if not events:
                     message = "generation did not finish before the request's deadline"
                     yield sse({"error": {"message": message, "type": "server_error",
                                          "param": None, "code": "deadline_exceeded"}})  # fmt: skip
                     return
-                kind = event.get("type")
-                if kind == "chunk":
-                    for payload in self.shape.chunk(event):
-                        yield sse(payload)
-                elif kind == "done":
-                    self.ended = True
-                    for payload in self.shape.usage(event.get("usage")):
-                        yield sse(payload)
-                    yield sse("[DONE]")
+                batch: list[str] = []  # one write for all the events read together
+                for event in events:
+                    batch += self._messages(event)
+                    if self.ended:
+                        break
+                if batch:
+                    yield "".join(batch)
+                if self.ended:
                     return
-                elif kind == "error":
-                    self.ended = True
-                    error = {"type": "server_error", "param": None, "code": None}
-                    yield sse({"error": {**error, **(event.get("error") or {})}})
-                    return
+                events = []
         finally:
             self.close()
+
+    def _messages(self, event: dict[str, Any]) -> list[str]:
+        """The SSE messages for one worker event; an ending one sets self.ended."""
+        kind = event.get("type")
+        if kind == "chunk":
+            return [sse(payload) for payload in self.shape.chunk(event)]
+        if kind == "done":
+            self.ended = True
+            return [*(sse(p) for p in self.shape.usage(event.get("usage"))), sse("[DONE]")]
+        if kind == "error":
+            self.ended = True
+            error = {"type": "server_error", "param": None, "code": None}
+            return [sse({"error": {**error, **(event.get("error") or {})}})]
+        return []
 
 
 async def stream_response(

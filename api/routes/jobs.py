@@ -4,7 +4,6 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
 
@@ -66,10 +65,7 @@ def list_jobs(
 async def read_job(job_id: str, owner: Owner) -> Response:
     """One of the caller's jobs: the route clients poll, so from memory while the database is
     unchanged (api/job_reads.py), else one thread hop and one short session."""
-    body = job_reads.cached(job_id, owner)
-    if body is None:
-        body = await run_in_threadpool(job_reads.load, job_id, owner)
-    return Response(body, media_type="application/json")
+    return Response(await job_reads.read(job_id, owner), media_type="application/json")
 
 
 @router.post(

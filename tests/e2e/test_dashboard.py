@@ -303,6 +303,11 @@ def test_job_page_shows_resolved_values_files_charts_samples_and_events(
     assert facts.locator("tr[data-fact=training-file] td").inner_text().startswith("jokes.txt")
     assert "split from the training file (10%)" in facts.inner_text()
     assert facts.locator("tr[data-fact=metadata] td").inner_text() == "team: nlp"
+    # Memorization: the fine-tuned figure beside the base model's, and the increase.
+    final = http.get(f"/fine_tuning/jobs/{job_id}").json()["final_metrics"]
+    memorized = facts.locator("tr[data-fact=memorization] td").inner_text()
+    assert f"base model {final['memorization_fraction_base'] * 100:.1f}%" in memorized
+    assert "increase" in memorized
 
     # Charts: every logged step, the learning rate and the accuracy.
     assert points_drawn(page, "#chart-loss polyline.series.train") == len(metrics)
@@ -372,6 +377,11 @@ def test_playground_compares_a_checkpoint_with_its_base_model(
     page.wait_for_selector(f"#play-checkpoint-a option[value='{checkpoint}']", state="attached")
     assert page.input_value("#play-model-a") == model
     assert page.input_value("#play-model-b") == "gpt2-tiny"
+    # A base model this host cannot load (offline, not cached) is shown greyed out, not pickable.
+    offline = page.locator("#play-model-b option[value='gpt2-xl']")
+    available = http.get("/models/gpt2-xl").json()["available"]
+    assert offline.is_disabled() is (not available)
+    assert ("(not available here)" in offline.inner_text()) is (not available)
     steps = page.locator("#play-checkpoint-a option").all_inner_texts()
     assert steps[0] == "final model" and len(steps) == len(checkpoints) + 1
     page.select_option("#play-checkpoint-a", checkpoint)

@@ -1,8 +1,11 @@
 """GET /v1/fine_tuning/jobs/{id} from memory: never stale, never another owner's (#8)."""
 
+import asyncio
 import subprocess
 import sys
+import time
 
+import httpx
 from fastapi.testclient import TestClient
 
 from api.schemas import JobOut
@@ -51,3 +54,37 @@ def test_unknown_job_is_404(api: TestClient, alice: dict[str, str]) -> None:
     response = api.get(f"{JOBS}/ftjob-nope", headers=alice)
     assert response.status_code == 404
     assert response.json()["error"]["message"].startswith("No such job")
+
+
+def test_pollers_missing_together_share_one_load(
+    api: TestClient, alice: dict[str, str], monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from api import job_reads
+    from api.app import create_app
+
+    training = upload(api, alice, GOOD_JSONL)
+    body = {"model": "gpt2-tiny", "training_file": training["id"]}
+    job_id = api.post(JOBS, headers=alice, json=body).json()["id"]
+    loads: list[str] = []
+    real_load = job_reads.load
+
+    def counted(*args: object) -> bytes:
+        loads.append(str(args[0]))
+        time.sleep(0.2)  # a slow database: the other pollers arrive while this one reads
+        return real_load(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(job_reads, "load", counted)
+
+    async def poll_together() -> list[dict[str, object]]:
+        transport = httpx.ASGITransport(app=create_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            replies = await asyncio.gather(
+                *(client.get(f"{JOBS}/{job_id}", headers=alice) for _ in range(20))
+            )
+        return [reply.json() for reply in replies]
+
+    replies = asyncio.run(poll_together())
+    assert all(reply["id"] == job_id and reply["status"] == "queued" for reply in replies)
+    # SQLite: one load shared (two if a commit came between); other databases: one per read.
+    expected = 2 if get_engine().url.get_backend_name() == "sqlite" else 20
+    assert 1 <= len(loads) <= expected, loads
