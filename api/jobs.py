@@ -16,14 +16,15 @@ from starlette.datastructures import QueryParams
 
 from api.deps import owned_file
 from api.errors import ApiError
-from api.limits import check_active_jobs
+from api.limits import check_active_jobs, check_job_outputs
 from api.locks import lock_files
 from api.queue import run_dry_run
 from api.schemas import JobCreate
-from shared.catalog import find_base_model
+from shared.catalog import BaseModelEntry, find_base_model
 from shared.datasets import KINDS, DatasetError, check_task, record_kind, task_for_format
 from shared.db.tables import File, Job, JobStatus
 from shared.ids import new_sortable_id, now_ts
+from shared.model_size import model_shape, output_bytes_estimate
 from shared.naming import FINE_TUNE_PURPOSE
 from shared.settings import get_settings
 from shared.spec import ExtensionHyperparameters, Hyperparameters, JobOptions, part_of
@@ -154,7 +155,8 @@ def build_job(session: Session, owner: str, body: JobCreate) -> Job:
     """A new job row, queued for a worker, after every check that needs no tokenizer."""
     check_supported(body)
     hyperparameters = requested_hyperparameters(body)
-    if find_base_model(body.model, get_settings().resolved_models_dir) is None:
+    base = find_base_model(body.model, get_settings().resolved_models_dir)
+    if base is None:
         raise ApiError(
             400,
             f"model '{body.model}' does not exist; GET /v1/models lists the base models",
@@ -165,8 +167,13 @@ def build_job(session: Session, owner: str, body: JobCreate) -> Job:
         # Until this job is committed, a delete of its files waits (and then sees the job).
         lock_files(session, [body.training_file, body.validation_file])
     options = job_options(session, owner, body)
+    stats: dict[str, Any] = {}
     if not body.dry_run:  # a dry run stores nothing, so it takes no place in the quota
         check_active_jobs(session, owner)
+        estimate = job_outputs_estimate(base, hyperparameters, options)
+        if estimate is not None:
+            check_job_outputs(session, owner, estimate)
+            stats["output_bytes_estimate"] = estimate
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     return Job(
         id=new_sortable_id("ftjob"),
@@ -186,6 +193,21 @@ def build_job(session: Session, owner: str, body: JobCreate) -> Job:
         pause_requested=False,
         attempt=0,
         enqueued_at=time.time(),
+        stats=stats or None,
+    )
+
+
+def job_outputs_estimate(
+    base: BaseModelEntry, hyperparameters: dict[str, Any], options: dict[str, Any]
+) -> int | None:
+    """Bytes the job's kept checkpoints and final model take at most (None: unknown shape)."""
+    shape = model_shape(base)
+    if shape is None:
+        return None
+    hp = Hyperparameters.model_validate(hyperparameters)
+    method = JobOptions.model_validate(options)
+    return output_bytes_estimate(
+        shape, hp.keep_checkpoints, method.training_method, method.trainable_layers
     )
 
 

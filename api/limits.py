@@ -5,7 +5,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import ApiError
 from api.locks import lock_owner
-from shared.db.tables import TERMINAL_STATUSES, File, Job
+from shared.db.tables import TERMINAL_STATUSES, Checkpoint, File, FineTunedModel, Job
 from shared.settings import get_settings
 
 # Neither quota frees itself within a retry's seconds (a job runs for minutes to hours, bytes
@@ -25,11 +25,34 @@ def active_jobs(session: Session, owner: str) -> int:
 
 
 def stored_bytes(session: Session, owner: str) -> int:
-    """Bytes of the owner's live files."""
-    total = session.scalar(
+    """Bytes the owner's quota counts: live files, live models, checkpoints, and running jobs.
+
+    A job that has not finished counts as the larger of what it stored so far and the
+    estimate made at create (Job.stats output_bytes_estimate): it has its place reserved.
+    """
+    files = session.scalar(
         select(func.sum(File.bytes)).where(File.owner == owner, File.deleted_at.is_(None))
     )
-    return int(total or 0)
+    models = session.scalar(
+        select(func.sum(FineTunedModel.bytes)).where(
+            FineTunedModel.owner == owner, FineTunedModel.deleted_at.is_(None)
+        )
+    )
+    per_job = select(Checkpoint.job_id, func.sum(Checkpoint.bytes)).where(Checkpoint.owner == owner)
+    checkpoints = {
+        job_id: int(size or 0)
+        for job_id, size in session.execute(per_job.group_by(Checkpoint.job_id)).all()
+    }
+    unfinished = session.execute(
+        select(Job.id, Job.stats).where(
+            Job.owner == owner, Job.status.not_in([s.value for s in TERMINAL_STATUSES])
+        )
+    ).all()
+    total = int(files or 0) + int(models or 0) + sum(checkpoints.values())
+    for job_id, stats in unfinished:
+        reserved = int((stats or {}).get("output_bytes_estimate") or 0)
+        total += max(0, reserved - checkpoints.get(job_id, 0))
+    return total
 
 
 def check_active_jobs(session: Session, owner: str) -> None:
@@ -70,5 +93,26 @@ def check_stored_bytes(session: Session, owner: str, incoming: int) -> None:
             "DELETE /v1/files/{id}",
             type="rate_limit_error",
             param="file",
+            code="storage_quota_exceeded",
+        )
+
+
+def check_job_outputs(session: Session, owner: str, estimate: int) -> None:
+    """429 before a job starts when its checkpoints and model would pass the storage quota.
+
+    Call after check_active_jobs (the owner is locked) and insert the job, whose stats
+    carry the estimate, in the same transaction.
+    """
+    limit = get_settings().max_stored_bytes_per_owner
+    stored = stored_bytes(session, owner)
+    if stored + estimate > limit:
+        raise ApiError(
+            429,
+            f"this job would store up to {estimate} bytes (its kept checkpoints and the "
+            f"final model), and {stored} of your {limit} bytes are used "
+            "(max_stored_bytes_per_owner); lower keep_checkpoints, pick a smaller model or "
+            "delete models (DELETE /v1/models/{id}) and files (DELETE /v1/files/{id})",
+            type="rate_limit_error",
+            param="keep_checkpoints",
             code="storage_quota_exceeded",
         )

@@ -30,7 +30,7 @@ def run_ours(plan: Any, out: Path) -> tuple[float, float]:
     from worker.training.engine import train
 
     started = time.perf_counter()
-    result = train(plan.spec, plan.train_blocks, plan.valid_blocks, out / "ckpt", out / "model",
+    result = train(plan.spec, plan.train_examples, plan.valid_examples, out / "ckpt", out / "model",
                    RecordingCallbacks(), device="cpu", log_every_steps=50)  # fmt: skip
     wall = time.perf_counter() - started
     model = AutoModelForCausalLM.from_pretrained(result.model_dir)

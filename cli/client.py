@@ -174,9 +174,12 @@ def resume_job(job_id: str) -> None:
 
 @models_app.command("list")
 def list_models() -> None:
-    """Model ids and owners: base models, then your fine-tuned models."""
-    rows = [(m["id"], m["owned_by"]) for m in call("GET", "/v1/models")["data"]]
-    print_table(("ID", "OWNED BY"), rows)
+    """Model ids, owners and whether this service can load them: bases, then your fine-tunes."""
+    models = call("GET", "/v1/models")["data"]
+    # "no": a base model this host cannot load; GET /v1/models/ID's unavailable_reason says why.
+    rows = [(m["id"], m["owned_by"], "no" if m.get("available") is False else "yes")
+            for m in models]  # fmt: skip
+    print_table(("ID", "OWNED BY", "AVAILABLE"), rows)
 
 
 @models_app.command("download")

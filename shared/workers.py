@@ -4,7 +4,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.tables import Job, Worker
@@ -34,6 +34,11 @@ def touch_worker(session: Session, worker_id: str) -> bool:
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
     return bool(changed)
+
+
+def remove_worker(session: Session, worker_id: str) -> None:
+    """Drop the worker's row: it stopped cleanly, so nothing is routed to it any more."""
+    session.execute(delete(Worker).where(Worker.id == worker_id))
 
 
 def live_workers(session: Session, within_seconds: float) -> list[Worker]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from shared.db.session import session_scope
 from shared.settings import get_settings
-from shared.workers import register_worker, touch_worker
+from shared.workers import register_worker, remove_worker, touch_worker
 
 log = logging.getLogger(__name__)
 DRIVER_VERSION = re.compile(r"Kernel Module\s+(?:for\s+\S+\s+)?([0-9][0-9.]*)")
@@ -175,6 +175,15 @@ class WorkerBeat:
         """Stop beating; the row ages out of the live list on its own."""
         self._stop.set()
 
+    def leave(self) -> None:
+        """Stop beating and remove the row now (a clean shutdown); errors only logged."""
+        self.stop()
+        try:
+            with session_scope() as session:
+                remove_worker(session, self.worker_id)
+        except Exception as exc:  # the DB is away: the row ages out within a lease
+            log.warning("worker %s: row not removed: %s", self.worker_id, exc)
+
     def _beat(self, register: bool) -> None:
         try:
             with session_scope() as session:
@@ -188,10 +197,21 @@ class WorkerBeat:
             self._beat(register=False)
 
 
+_BEATS: list[WorkerBeat] = []
+
+
 def start_worker_beat(worker_id: str, queues: list[str]) -> WorkerBeat:
     """Check the device (DeviceUnavailable: stop the worker), log it, register and beat."""
     settings = get_settings()
     chosen = check_device(settings.device)
     report = {**device_report(chosen), "queues": sorted(queues)}
     log.info("worker %s on %s: %s", worker_id, ",".join(queues), describe(report))
-    return WorkerBeat(worker_id, report, settings.heartbeat_seconds).start()
+    beat = WorkerBeat(worker_id, report, settings.heartbeat_seconds).start()
+    _BEATS.append(beat)
+    return beat
+
+
+def leave_fleet() -> None:
+    """This process stops: its workers-table row goes at once instead of ageing out."""
+    while _BEATS:
+        _BEATS.pop().leave()

@@ -154,6 +154,7 @@ def handle_success(run: TrainedRun) -> Outcome:
                 base_model=job.model,
                 created_at=now_ts(),
                 path=published.prefix,
+                bytes=sum(entry.bytes for entry in published.files),
             )
         )
         add_events(session, [event_row(job.id, "The job has successfully completed")])

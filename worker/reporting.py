@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
 from shared.db.session import session_scope
 from shared.db.tables import Checkpoint, Job, Metric
@@ -22,7 +23,7 @@ from shared.jobs import (
     upsert,
 )
 from shared.naming import checkpoint_model_id
-from shared.storage import Manifest, Storage, checkpoint_prefix
+from shared.storage import Manifest, Storage, checkpoint_prefix, checkpoints_prefix, step_of
 from worker.heartbeat import Heartbeat
 from worker.publishing import discard_unless_visible, publish, stage
 from worker.shutdown import shutdown_requested
@@ -44,6 +45,7 @@ class DbReporter:
         fine_tuned_id: str,
         total_steps: int,
         flush_seconds: float,
+        keep_checkpoints: int = 2,
     ) -> None:
         self.lease = lease
         self.heartbeat = heartbeat
@@ -51,6 +53,8 @@ class DbReporter:
         self.fine_tuned_id = fine_tuned_id
         self.total_steps = total_steps
         self.flush_seconds = flush_seconds
+        # The newest keep_checkpoints and the best stay published; older ones are deleted.
+        self.keep_checkpoints = keep_checkpoints
         self._metrics: dict[int, dict[str, Any]] = {}
         self._events: list[dict[str, Any]] = []
         self._progress: dict[str, Any] = {}
@@ -100,6 +104,7 @@ class DbReporter:
             "fine_tuned_model_checkpoint": checkpoint_model_id(self.fine_tuned_id, step),
             # The engine marks the lowest validation loss so far; older rows lose the mark.
             "is_best": bool(metrics.get("is_best", False)),
+            "bytes": sum(entry.bytes for entry in staged.files),
         }
         best = " (best so far)" if row["is_best"] else ""
         try:
@@ -160,8 +165,10 @@ class DbReporter:
         manifest: Manifest | None = None,
     ) -> None:
         metrics, pending = list(self._metrics.values()), self._events + (events or [])
+        retired: list[str] = []
 
         def transaction() -> None:
+            retired.clear()
             with session_scope() as session:
                 fenced_update(session, self.lease, **self._progress)
                 if manifest is not None:
@@ -185,6 +192,9 @@ class DbReporter:
                             .where(Checkpoint.step != checkpoint["step"])
                             .values(is_best=False)
                         )
+                    retired.extend(
+                        retire_checkpoints(session, self.lease.job_id, self.keep_checkpoints)
+                    )
 
         # A DB blip waits (training pauses) rather than failing the job; once the lease
         # could have lapsed, the error escapes and the sweep decides.
@@ -200,6 +210,26 @@ class DbReporter:
             self._metrics, self._events = {}, []
             raise
         self._metrics, self._events, self._progress, self._stats = {}, [], {}, {}
+        if checkpoint is not None:
+            self._delete_retired(checkpoint["step"], retired)
+
+    def _delete_retired(self, newest: int, retired: list[str]) -> None:
+        """Delete the sets whose rows retire_checkpoints removed, and older unlisted ones.
+
+        An earlier attempt may have published a set whose row never committed; once a
+        newer checkpoint is recorded, such a set is no longer the one to resume from.
+        """
+        parent = checkpoints_prefix(self.lease.job_id)
+        try:
+            kept = set(kept_steps(self.lease.job_id))
+            for prefix in self.storage.published_sets(parent):
+                step = step_of(prefix)
+                if step < newest and step not in kept:
+                    retired.append(prefix)
+            for prefix in dict.fromkeys(retired):
+                self.storage.delete_set(prefix)
+        except Exception as exc:  # the rows are gone already; the next checkpoint tries again
+            log.warning("job %s: could not delete old checkpoints: %s", self.lease.job_id, exc)
 
     def _poll_flags(self) -> None:
         try:
@@ -265,6 +295,33 @@ class DbReporter:
 
     def _message_row(self, message: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
         return event_row(self.lease.job_id, message, data=data)
+
+
+def retire_checkpoints(session: Session, job_id: str, keep: int) -> list[str]:
+    """Delete the rows of checkpoints beyond the newest keep and the best; returns their sets.
+
+    Called inside the fenced transaction that recorded the newest checkpoint, so only the
+    lease holder retires anything.
+    """
+    rows = session.execute(
+        select(Checkpoint.step, Checkpoint.path, Checkpoint.is_best)
+        .where(Checkpoint.job_id == job_id)
+        .order_by(Checkpoint.step.desc())
+    ).all()
+    retired = [row for row in rows[keep:] if not row.is_best]
+    if retired:
+        session.execute(
+            delete(Checkpoint)
+            .where(Checkpoint.job_id == job_id)
+            .where(Checkpoint.step.in_([row.step for row in retired]))
+        )
+    return [row.path for row in retired]
+
+
+def kept_steps(job_id: str) -> list[int]:
+    """Steps of the job's checkpoint rows."""
+    with session_scope() as session:
+        return list(session.scalars(select(Checkpoint.step).where(Checkpoint.job_id == job_id)))
 
 
 def finite(values: dict[str, Any]) -> dict[str, Any]:

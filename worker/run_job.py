@@ -6,13 +6,14 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.catalog import find_base_model
-from shared.datasets import DatasetError, read_records, task_for_format
+from shared.datasets import DatasetError, Record, iter_records, task_for_format
 from shared.db.session import session_scope
 from shared.db.tables import File, Job, JobStatus
 from shared.jobs import (
@@ -186,18 +187,32 @@ def _snapshot(job_id: str) -> JobSnapshot:
         )
 
 
-def _read_file(
-    file_id: str, param: str, owner: str, storage: Storage
-) -> tuple[list[dict[str, str]], str]:
+class StoredRecords:
+    """A stored file's records, parsed again on each pass: never all in memory at once."""
+
+    def __init__(self, path: Path, fmt: str, param: str, file_id: str) -> None:
+        self.path, self.fmt, self.param, self.file_id = path, fmt, param, file_id
+
+    def __iter__(self) -> Iterator[Record]:
+        try:
+            for _, record in iter_records(self.path, self.fmt):
+                yield record
+        except DatasetError as exc:
+            message = f"{self.param} {self.file_id}: {exc}"
+            raise JobFailure("invalid_file", message, self.param) from None
+
+
+def _read_file(file_id: str, param: str, owner: str, storage: Storage) -> tuple[StoredRecords, str]:
     with session_scope() as session:
         row = session.get(File, file_id)
         fmt = row.format if row and row.owner == owner and row.deleted_at is None else None
     if fmt is None:
         raise JobFailure("invalid_file", f"{param} {file_id} no longer exists", param)
     try:
-        return read_records(storage.fetch_file(file_key(file_id)), fmt), fmt
-    except (DatasetError, StorageError) as exc:
+        path = storage.fetch_file(file_key(file_id))
+    except StorageError as exc:
         raise JobFailure("invalid_file", f"{param} {file_id}: {exc}", param) from None
+    return StoredRecords(path, fmt, param, file_id), fmt
 
 
 def prepare(
@@ -300,7 +315,13 @@ def _train_claimed(
     record(lease, [started], **running)
     ft_id = fine_tuned_model_id(job.model, job.owner, job.suffix, job.id)
     reporter = DbReporter(
-        lease, heartbeat, storage, ft_id, total_steps, settings.metrics_flush_seconds
+        lease,
+        heartbeat,
+        storage,
+        ft_id,
+        total_steps,
+        settings.metrics_flush_seconds,
+        keep_checkpoints=plan.spec.keep_checkpoints,
     )
     reporter.best_checkpoint = best
     assert plan.train_examples is not None and plan.valid_examples is not None  # __post_init__

@@ -28,6 +28,14 @@ def _join_fleet(sender: str, instance: Any, **_: Any) -> None:
         raise SystemExit(3) from None  # Celery swallows other exceptions from signal handlers
 
 
+@signals.worker_shutdown.connect
+def _leave_fleet(**_: Any) -> None:
+    """After the last task (a running job has checkpointed and requeued): leave the table."""
+    from worker.fleet import leave_fleet
+
+    leave_fleet()
+
+
 @signals.worker_shutting_down.connect
 def _on_shutdown(**_: Any) -> None:
     """SIGTERM: the running job checkpoints at its next step and goes back to the queue."""

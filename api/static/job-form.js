@@ -24,6 +24,7 @@ const OPTIONS = [
   ["job-validation-split", "validation_split", parseFloat],
   ["job-eval-every", "eval_every_steps", int],
   ["job-checkpoint-every", "checkpoint_every_steps", int],
+  ["job-keep-checkpoints", "keep_checkpoints", int],
   ["job-patience", "early_stopping_patience", int],
   ["job-keep", "keep", String],
   ["job-task", "task", String],

@@ -23,6 +23,7 @@ const FIELDS = {
   eval_every_steps: ["Evaluate every", (v) => (v === null ? "epoch end" : `${number(v)} steps and at epoch ends`)],
   checkpoint_every_steps: ["Checkpoint every", (v) => (v === null ? "epoch end (and every evaluation)" : `${number(v)} steps`)],
   early_stopping_patience: ["Early stopping", (v) => (v === null ? "off" : `after ${v} evaluations without a new best`)],
+  keep_checkpoints: ["Checkpoints kept", (v) => `the newest ${number(v)} and the best`],
   keep: ["Final weights", (v) => (v === "best" ? "best validation loss" : "last step")],
   gradient_checkpointing: ["Gradient checkpointing", onOff],
   seed: ["Seed", String],

@@ -163,6 +163,8 @@ class Checkpoint(Base):
     fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(300), index=True)
     created_at: Mapped[int] = mapped_column(Integer)
     is_best: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Stored size of the set (its manifest's files): counted in the owner's storage quota.
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     __table_args__ = (UniqueConstraint("job_id", "step", name="uq_checkpoints_job_step"),)
 
 
@@ -177,6 +179,8 @@ class FineTunedModel(Base):
     path: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[int] = mapped_column(Integer)
     deleted_at: Mapped[int | None] = mapped_column(Integer)
+    # Stored size of the model set: counted in the owner's storage quota until deleted.
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Worker(Base):

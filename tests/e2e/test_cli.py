@@ -64,8 +64,8 @@ def test_client_commands_find_the_port_and_key_of_a_running_make_run(
         )
         assert listed.returncode == 0, listed.stderr
         header, *rows = listed.stdout.splitlines()
-        assert header.split() == ["ID", "OWNED", "BY"]
-        assert any(row.split()[0] == "gpt2-tiny" for row in rows)
+        assert header.split() == ["ID", "OWNED", "BY", "AVAILABLE"]
+        assert ["gpt2-tiny", "gpt2ft", "yes"] in [row.split() for row in rows]
 
         target = subprocess.run([GPT2FT, "target"], env=shell, capture_output=True, text=True)
         assert f"http://127.0.0.1:{port}" in target.stdout and "ready" in target.stdout

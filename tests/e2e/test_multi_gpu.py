@@ -91,6 +91,23 @@ def test_cancel_leaves_no_rank_alive_after_15_seconds(service: Service) -> None:
                    "every rank gone")  # fmt: skip
 
 
+def test_pause_then_resume_continues_on_two_ranks(service: Service) -> None:
+    with api_client(service) as api:
+        job_id = start_job(api, corpus_text(10), n_epochs=3)
+        wait_until(lambda: api.get(f"/fine_tuning/jobs/{job_id}").json().get("steps_completed"),
+                   180, "a logged step")  # fmt: skip
+        assert api.post(f"/fine_tuning/jobs/{job_id}/pause").status_code == 200
+        paused = wait_status(api, job_id, {"paused", *TERMINAL}, timeout=120)
+        assert paused["status"] == "paused"
+        assert not job_processes(job_id)
+        assert api.post(f"/fine_tuning/jobs/{job_id}/resume").status_code == 200
+        job = wait_status(api, job_id, TERMINAL, timeout=240)
+
+        assert job["status"] == "succeeded", job.get("error")
+        resumed = [text for text in messages(api, job_id) if text.startswith("Resumed from step")]
+        assert resumed and int(resumed[0].split()[3]) >= 1
+
+
 def test_a_worker_killed_with_sigkill_leaves_no_rank_behind(service: Service) -> None:
     """PR_SET_PDEATHSIG: torchrun dies with the worker, each rank with torchrun."""
     with api_client(service) as api:

@@ -18,6 +18,7 @@ HYPERPARAMETER_SAMPLES: dict[str, Any] = {
     "warmup_ratio": 0.1,
     "weight_decay": 0.0,
     "checkpoint_every_steps": 5,
+    "keep_checkpoints": 3,
     "lr_scheduler": "cosine",
     "max_grad_norm": 0.5,
     "eval_every_steps": 3,

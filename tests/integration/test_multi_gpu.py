@@ -179,3 +179,20 @@ def test_cancel_kills_every_rank_at_once(setup, tmp_path: Path) -> None:
         time.sleep(0.2)
     assert not any(alive(pid) for pid in pids)
     assert not math.isnan(callbacks.logs[0][1]["train_loss"])
+
+
+def test_command_line_trains_on_ranks(
+    models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.training.__main__ import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The quick brown fox jumps over the lazy dog.\n" * 60)
+    code = main(["--model", str(models_dir / "gpt2-tiny"), "--train-file", str(corpus),
+                 "--output", str(tmp_path / "out"), "--n-epochs", "1", "--batch-size", "4",
+                 "--block-size", "32", "--n-gpus", "2", "--log-every", "1"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert '"n_gpus": 2' in printed and "step 1 epoch" in printed
+    assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "out" / "ranks" / "rank-1.pid").is_file()  # it did run a second rank

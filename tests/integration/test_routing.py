@@ -84,6 +84,24 @@ def test_the_rule_prefers_idle_then_smallest_fitting_worker(api: TestClient) -> 
         assert listed == {"small": None, "big": "ftjob-busy"}
 
 
+def test_a_worker_that_stops_cleanly_leaves_the_fleet_at_once(api: TestClient) -> None:
+    import torch
+
+    from worker.fleet import WorkerBeat, device_report
+
+    report = {**device_report(torch.device("cpu")), "queues": ["training", "training.w"]}
+    beat = WorkerBeat("w", report, interval=0.2).start()
+    with session_scope() as session:
+        assert [row["id"] for row in fleet(session, 60)] == ["w"]
+        assert place(session, 1, 60).queue == "training"
+    beat.leave()
+    with session_scope() as session:
+        assert fleet(session, 60, everyone=True) == []
+    time.sleep(0.5)  # no beat brings it back
+    with session_scope() as session:
+        assert fleet(session, 60, everyone=True) == []
+
+
 def test_n_gpus_goes_to_a_worker_with_that_many(api: TestClient) -> None:
     worker("one", 80)
     worker("four", 80, gpus=4)

@@ -109,3 +109,32 @@ def test_a_damaged_entry_is_tokenized_again(models_dir: Path, scratch: Path) -> 
     with timed_tokenization() as timing:
         assert tokenize_cached(TEXTS, tokenizer) == tokenize_records(TEXTS, tokenizer)
     assert timing.hits == 0
+
+
+def test_packed_plans_stream_through_the_cache(models_dir: Path, scratch: Path) -> None:
+    """Packed causal LM: records read twice (hash, tokenize), the second job a hit, same blocks."""
+    records = [{"text": text} for text in TEXTS]
+    base = find_base_model("gpt2-tiny", models_dir)
+    assert base is not None
+
+    def packed() -> Plan:
+        return plan_task(
+            Hyperparameters(n_epochs=1, block_size=16), base, TaskOptions(), "causal_lm",
+            records, None, seed=3,
+        )  # fmt: skip
+
+    uncached = packed()
+    with timed_tokenization() as first:
+        cold = packed()
+    with timed_tokenization() as second:
+        warm = packed()
+    assert (first.calls, first.hits) == (1, 0)
+    assert (second.calls, second.hits) == (1, 1)
+    for plan_ in (cold, warm):
+        assert (plan_.train_blocks == uncached.train_blocks).all()
+        assert plan_.summary["corpus_tokens"] == uncached.summary["corpus_tokens"]
+    (entry,) = (scratch / "cache" / "tokens").glob("*-stream-*.npz")
+    entry.write_bytes(entry.read_bytes()[:50])
+    with timed_tokenization() as damaged:
+        assert (packed().train_blocks == uncached.train_blocks).all()
+    assert damaged.hits == 0

@@ -6,6 +6,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from shared.catalog import find_base_model
 from shared.datasets import (
@@ -21,6 +22,7 @@ from shared.spec import Hyperparameters, TaskOptions
 from worker.training.callbacks import RecordingCallbacks, StopReason
 from worker.training.checkpoints import latest_checkpoint, remove_partial_checkpoints
 from worker.training.engine import train
+from worker.training.launch import train_on_ranks
 from worker.training.model_loading import ModelUnavailable, ensure_available
 from worker.training.plan import PlanError
 from worker.training.task_plan import plan_task
@@ -68,6 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--max-length", type=int, help="tokens per record when not packing")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    parser.add_argument(
+        "--n-gpus", type=int, help="ranks (torchrun/DDP; gloo without CUDA); ignores --device"
+    )
     parser.add_argument("--log-every", type=int, default=10, help="steps between log lines")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     return parser.parse_args(argv)
@@ -129,11 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     # First Ctrl-C: pause at the next step with a checkpoint; a second one kills as usual.
     previous_handler = signal.signal(signal.SIGINT, lambda *_: pause(callbacks))
     started = time.monotonic()
+    engine_options: dict[str, Any] = {"resume_from": resume_from, "log_every_steps": args.log_every}
+    if plan.spec.n_gpus == 1:
+        engine_options["device"] = args.device
+    run_engine = train if plan.spec.n_gpus == 1 else train_on_ranks
     try:
-        result = train(
+        result = run_engine(
             plan.spec, plan.train_examples, plan.valid_examples, checkpoints_dir,  # type: ignore[arg-type]
-            args.output / "model", callbacks, resume_from=resume_from, device=args.device,
-            log_every_steps=args.log_every,
+            args.output / "model", callbacks, **engine_options,
         )  # fmt: skip
     finally:
         signal.signal(signal.SIGINT, previous_handler)

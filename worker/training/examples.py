@@ -4,6 +4,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from shared.chat import render_chat, trained_spans
@@ -81,14 +82,16 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-def blocks_to_examples(blocks: Sequence[Sequence[int]]) -> Examples:
+def blocks_to_examples(blocks: "Sequence[Sequence[int]] | np.ndarray") -> Examples:
     """Packed fixed-size blocks (the run_clm recipe): labels are the inputs."""
-    if not blocks:
+    if len(blocks) == 0:
         return Examples(torch.zeros((0, 0), dtype=torch.long))
+    if isinstance(blocks, np.ndarray):  # int64 rows are shared, not copied
+        return Examples(torch.from_numpy(np.ascontiguousarray(blocks, dtype=np.int64)))
     return Examples(torch.tensor([list(b) for b in blocks], dtype=torch.long))
 
 
-def as_examples(data: "Examples | Sequence[Sequence[int]]") -> Examples:
+def as_examples(data: "Examples | Sequence[Sequence[int]] | np.ndarray") -> Examples:
     """Examples as they are; a list of packed blocks converted."""
     return data if isinstance(data, Examples) else blocks_to_examples(data)
 

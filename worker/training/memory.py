@@ -1,8 +1,13 @@
 """Training memory estimate from a GPT-2 config: weights, grads, AdamW states, activations."""
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
+
+# The shape and parameter counts are torch-free and shared with the API's storage estimate.
+from shared.model_size import ModelShape, block_parameters, total_parameters
+
+__all__ = ["ModelShape", "block_parameters", "total_parameters"]
 
 GIB = 1024**3
 # AdamW keeps two fp32 moments per trainable parameter.
@@ -24,39 +29,6 @@ LOGIT_BYTES = {"fp32": 16, "autocast": 14}
 # CUDA context, allocator fragmentation, temporary buffers.
 OVERHEAD = 1.2
 PART_NAMES = ("weights", "weight_copies", "gradients", "optimizer", "activations")
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The few config numbers the estimate needs."""
-
-    vocab: int
-    positions: int
-    width: int
-    layers: int
-    inner: int
-
-    @classmethod
-    def from_config(cls, config: Any) -> "ModelShape":
-        """From a GPT2Config (or anything with its attribute names)."""
-        width = int(config.n_embd)
-        inner = getattr(config, "n_inner", None) or 4 * width
-        return cls(int(config.vocab_size), int(config.n_positions), width, int(config.n_layer),
-                   int(inner))  # fmt: skip
-
-
-def block_parameters(shape: ModelShape) -> int:
-    """One transformer block: attention, MLP and two layer norms."""
-    d, f = shape.width, shape.inner
-    attention = d * 3 * d + 3 * d + d * d + d
-    mlp = d * f + f + f * d + d
-    return attention + mlp + 4 * d
-
-
-def total_parameters(shape: ModelShape) -> int:
-    """Embeddings, blocks and the final layer norm (the head is tied to the embeddings)."""
-    embeddings = shape.vocab * shape.width + shape.positions * shape.width
-    return embeddings + shape.layers * block_parameters(shape) + 2 * shape.width
 
 
 def lora_parameters(shape: ModelShape, r: int, targets: list[str]) -> int:

@@ -1,9 +1,12 @@
 """Resolve requested hyperparameters against the model and corpus into a runnable plan."""
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from shared.catalog import BaseModelEntry
 from shared.spec import (
@@ -20,13 +23,12 @@ from shared.spec import (
 from worker.training.data import (
     count_tokens,
     group_texts,
-    join_with_eos,
     split_blocks,
 )
 from worker.training.examples import Examples, blocks_to_examples, task_plan_message
 from worker.training.memory import ModelShape, estimate, total_parameters, trainable_parameters
 from worker.training.model_loading import load_tokenizer, model_context_length
-from worker.training.token_cache import tokenize_cached
+from worker.training.token_cache import token_stream_cached
 
 # Shorter blocks teach the model almost nothing about context; refuse rather than pretend.
 MIN_BLOCK_SIZE = 16
@@ -45,8 +47,9 @@ class Plan:
     """What the engine will run: the resolved spec and the blocks it trains on."""
 
     spec: TrainingSpec
-    train_blocks: list[list[int]]
-    valid_blocks: list[list[int]]
+    # (blocks, block_size) int32 arrays when packed; empty when the task is per record.
+    train_blocks: "Sequence[Sequence[int]] | np.ndarray"
+    valid_blocks: "Sequence[Sequence[int]] | np.ndarray"
     train_tokens: int
     summary: dict[str, Any] = field(default_factory=dict)
     # What the engine batches; packed blocks become Examples when not given.
@@ -75,8 +78,8 @@ class Plan:
         )
 
 
-def _stream(texts: list[str], tokenizer: Any) -> list[int]:
-    return join_with_eos(tokenize_cached(texts, tokenizer), tokenizer.eos_token_id)
+def _stream(texts: Iterable[str], tokenizer: Any) -> np.ndarray:
+    return token_stream_cached(texts, tokenizer, tokenizer.eos_token_id)
 
 
 def resolve_block_size(
@@ -119,11 +122,15 @@ def resolve_block_size(
 def plan_training(
     hp: Hyperparameters,
     base: BaseModelEntry,
-    train_texts: list[str],
-    valid_texts: list[str] | None,
+    train_texts: Iterable[str],
+    valid_texts: Iterable[str] | None,
     seed: int,
 ) -> Plan:
-    """Tokenize, cut into blocks, split, and resolve every "auto" into a TrainingSpec."""
+    """Tokenize, cut into blocks, split, and resolve every "auto" into a TrainingSpec.
+
+    The texts are read once, in batches, into one int32 array of token ids: memory follows
+    the token count, whatever the number of records (3 million {"text": "a"} lines included).
+    """
     tokenizer = load_tokenizer(base.location)
     n_positions = model_context_length(base.location)
     train_ids = _stream(train_texts, tokenizer)
@@ -135,7 +142,7 @@ def plan_training(
         validation_split = 0.0
         train_blocks = group_texts(train_ids, block_size)
         valid_blocks = group_texts(valid_ids, block_size)
-        if not valid_blocks:
+        if len(valid_blocks) == 0:
             raise PlanError(
                 "validation_file",
                 f"the validation file has {len(valid_ids)} tokens, fewer than block_size "
@@ -147,6 +154,9 @@ def plan_training(
             group_texts(train_ids, block_size), validation_split, seed
         )
 
+    # int64 (what torch embeds and takes as labels): the examples share these arrays.
+    train_blocks = np.ascontiguousarray(train_blocks, dtype=np.int64)
+    valid_blocks = np.ascontiguousarray(valid_blocks, dtype=np.int64)
     n_train = len(train_blocks)
     spec = resolve_spec(hp, base, n_train, block_size, validation_split, seed)
     batch_size, n_epochs = spec.batch_size, spec.n_epochs

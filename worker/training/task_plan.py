@@ -1,6 +1,7 @@
 """Plans for per-record tasks: causal LM without packing, completion, classification."""
 
 import math
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from shared.catalog import BaseModelEntry
@@ -22,6 +23,19 @@ def record_text(record: dict[str, Any]) -> str:
 def record_texts(records: list[dict[str, Any]]) -> list[str]:
     """record_text of every record."""
     return [record_text(r) for r in records]
+
+
+class RecordTexts:
+    """record_text of every record, read again on each pass and never held as a list.
+
+    Packed planning passes over them twice when the token cache is on (hash, then tokenize).
+    """
+
+    def __init__(self, records: Iterable[dict[str, Any]]) -> None:
+        self.records = records
+
+    def __iter__(self) -> Iterator[str]:
+        return (record_text(r) for r in self.records)
 
 
 def resolve_max_length(requested: int | None, n_positions: int) -> int:
@@ -60,16 +74,22 @@ def plan_task(
     base: BaseModelEntry,
     options: TaskOptions,
     task: str,
-    train_records: list[dict[str, str]],
-    valid_records: list[dict[str, str]] | None,
+    train_source: Iterable[dict[str, str]],
+    valid_source: Iterable[dict[str, str]] | None,
     seed: int,
 ) -> Plan:
-    """The plan for task: packed causal LM as before, else one example per record."""
+    """The plan for task: packed causal LM as before, else one example per record.
+
+    Packed, the records stream through the tokenizer (none is kept); per record, they are
+    read into a list, since every example is built from its own record.
+    """
     if task == "causal_lm" and options.packing:
-        valid_texts = record_texts(valid_records) if valid_records is not None else None
-        plan = plan_training(hp, base, record_texts(train_records), valid_texts, seed)
+        valid_texts = RecordTexts(valid_source) if valid_source is not None else None
+        plan = plan_training(hp, base, RecordTexts(train_source), valid_texts, seed)
         plan.spec = plan.spec.model_copy(update={"task": task, "packing": True})
         return plan
+    train_records = list(train_source)
+    valid_records = list(valid_source) if valid_source is not None else None
     tokenizer = load_tokenizer(base.location)
     max_length = resolve_max_length(options.max_length, model_context_length(base.location))
     labels = check_labels(train_records, valid_records) if task == "classification" else None

@@ -17,7 +17,7 @@ import hashlib
 import time
 import weakref
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ import numpy as np
 from shared.settings import get_settings
 from shared.storage.base import hidden_beside
 from shared.storage.cache import LocalCache
-from worker.training.data import tokenize_records
+from worker.training.data import token_stream, tokenize_records
 
 # Part of every key: bump when the stored layout or tokenize_records' call changes.
 FORMAT = "tokens-v1 add_special_tokens=False"
@@ -74,7 +74,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return found
 
 
-def cache_key(texts: list[str], tokenizer: Any) -> str:
+def cache_key(texts: Iterable[str], tokenizer: Any) -> str:
     """The entry name for texts tokenized by tokenizer."""
     digest = hashlib.sha256(f"{FORMAT}\n{tokenizer_fingerprint(tokenizer)}\n".encode())
     for text in texts:
@@ -123,13 +123,50 @@ def _load(cache: LocalCache, path: Any) -> list[list[int]] | None:
     return [part.tolist() for part in np.split(flat, ends[:-1])] if len(ends) else []
 
 
+def token_stream_cached(texts: Iterable[str], tokenizer: Any, eos_id: int) -> np.ndarray:
+    """token_stream(texts, tokenizer, eos_id), from the cache when these texts were seen before.
+
+    texts is read twice on a miss (hashed, then tokenized): pass records streamed from the
+    stored file (task_plan.RecordTexts), so planning never holds them all (#10 B4).
+    """
+    timing = _timing.get()
+    if timing is None:
+        return token_stream(texts, tokenizer, eos_id)
+    start = time.perf_counter()
+    cache = token_cache()
+    path = cache.entry("tokens", f"{cache_key(texts, tokenizer)}-stream-eos{eos_id}.npz")
+    ids = _load_stream(cache, path)
+    hit = ids is not None
+    if ids is None:
+        ids = token_stream(texts, tokenizer, eos_id)
+        _save(cache, path, ids=ids)
+    timing.seconds += time.perf_counter() - start
+    timing.calls += 1
+    timing.hits += int(hit)
+    return ids
+
+
+def _load_stream(cache: LocalCache, path: Any) -> np.ndarray | None:
+    try:
+        with np.load(path) as stored:
+            ids = np.asarray(stored["ids"], dtype=np.int32)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # missing or damaged
+        return None
+    cache.touch(path)
+    return ids
+
+
 def _store(cache: LocalCache, path: Any, ids: list[list[int]]) -> None:
     flat = np.fromiter((i for row in ids for i in row), dtype=np.int32)
     ends = np.cumsum([len(row) for row in ids], dtype=np.int64)
+    _save(cache, path, ids=flat, ends=ends)
+
+
+def _save(cache: LocalCache, path: Any, **arrays: np.ndarray) -> None:
     staging = hidden_beside(path)
     try:
         with staging.open("wb") as handle:
-            np.savez(handle, ids=flat, ends=ends)
+            np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy stubs: allow_pickle
         staging.rename(path)  # readers see a whole entry or none
     except OSError:  # a full disk costs the next job a tokenization, not this one its run
         staging.unlink(missing_ok=True)
