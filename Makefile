@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REQUIREMENTS := $(wildcard requirements/*.txt) pyproject.toml
 SOURCES := api shared worker cli
 
-.PHONY: run test lint format install tokenizer browser clean parity docker compose-smoke gpu-smoke
+.PHONY: run test lint format install tokenizer browser clean parity bench docker compose-smoke gpu-smoke
 
 run: install
 	$(BIN)/gpt2ft run
@@ -18,6 +18,12 @@ test: install tokenizer lint
 # Our engine vs the Hugging Face Trainer on the same data, seed and hyperparameters (CPU, ~minutes).
 parity: install tokenizer
 	$(BIN)/python -m bench.parity
+
+# Our engine vs the Trainer (stock, bf16 + fused AdamW, + torch_compile) on gpt2-tiny and a
+# gpt2-small shape, short records vs padding, MFU, then the API figures; last line `bench: ...`
+# (bench/run.py; ~20 min on 2 cores, BENCH_QUICK=1 for one round of each, ~8 min).
+bench: install tokenizer
+	$(BIN)/python -m bench.run
 
 # Every task x method through the worker's code on one GPU, with memory, tokens/s and MFU
 # figures (bench/gpu_smoke.py; about 5 minutes on an H100/H200). GPU_SMOKE_DEVICE=cpu runs the

@@ -1,8 +1,10 @@
 """Parity: our engine vs the Hugging Face Trainer on the same data, seed and hyperparameters.
 
 Prints wall time and tokens/s for both, and as the last line
-`parity: ours=<valid loss> trainer=<valid loss> ratio=<ours/trainer>` (target 0.98-1.02).
-Both final models are scored by the same token-weighted evaluation on the same blocks.
+`parity: ours=<valid loss> trainer=<valid loss> ratio=<ours/trainer>` (target 0.98-1.02), the
+means over the seeds (--seeds, two by default). Both final models are scored by the same
+token-weighted evaluation on the same blocks, and both sides see the blocks in the same order
+(the Trainer's sampler draws our engine's per-epoch permutations).
 """
 
 import argparse
@@ -33,6 +35,20 @@ def run_ours(plan: Any, out: Path) -> tuple[float, float]:
     wall = time.perf_counter() - started
     model = AutoModelForCausalLM.from_pretrained(result.model_dir)
     return valid_loss(model, plan.valid_blocks), wall
+
+
+class EngineOrder(torch.utils.data.Sampler[int]):
+    """The engine's data order: one torch.randperm per epoch from a generator seeded once."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Any:
+        return iter(torch.randperm(self.size, generator=self.generator).tolist())
 
 
 class Blocks(torch.utils.data.Dataset):
@@ -76,7 +92,13 @@ def run_trainer(plan: Any, out: Path) -> tuple[float, float]:
         use_cpu=True,
         disable_tqdm=True,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=Blocks(plan.train_blocks))
+    order = EngineOrder(len(plan.train_blocks), spec.seed)
+
+    class SameOrderTrainer(Trainer):
+        def _get_train_sampler(self, *args: Any, **kwargs: Any) -> Any:
+            return order
+
+    trainer = SameOrderTrainer(model=model, args=args, train_dataset=Blocks(plan.train_blocks))
     started = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - started
@@ -84,9 +106,9 @@ def run_trainer(plan: Any, out: Path) -> tuple[float, float]:
 
 
 def main() -> None:
-    """Plan once, train both ways, print the comparison."""
+    """Plan once per seed, train both ways, print the comparison."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
     parser.add_argument("--chars", type=int, default=60_000, help="corpus size in characters")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -95,24 +117,29 @@ def main() -> None:
     from shared.spec import Hyperparameters
     from worker.training.plan import plan_training
 
+    pairs = []
     with tempfile.TemporaryDirectory(prefix="gpt2ft-parity-") as tmp:
         root = Path(tmp)
         base = find_base_model("gpt2-tiny", tiny_models_dir(root / "models"))
         assert base is not None
-        plan = plan_training(Hyperparameters.model_validate(HP), base, corpus(args.chars), None,
-                             args.seed)  # fmt: skip
-        tokens = plan.train_tokens * plan.spec.n_epochs
-        s = plan.summary
-        print(
-            f"data: {s['train_blocks']} train blocks, {s['valid_blocks']} valid blocks of "
-            f"{s['block_size']} tokens; {s['total_steps']} steps; hyperparameters {HP}"
-        )
-        ours, ours_wall = run_ours(plan, root / "ours")
-        print(f"ours:    valid_loss {ours:.4f}  wall {ours_wall:.1f}s  "
-              f"{tokens / ours_wall:,.0f} tokens/s")  # fmt: skip
-        theirs, their_wall = run_trainer(plan, root / "trainer")
-        print(f"trainer: valid_loss {theirs:.4f}  wall {their_wall:.1f}s  "
-              f"{tokens / their_wall:,.0f} tokens/s")  # fmt: skip
+        for seed in args.seeds:
+            plan = plan_training(Hyperparameters.model_validate(HP), base, corpus(args.chars),
+                                 None, seed)  # fmt: skip
+            tokens = plan.train_tokens * plan.spec.n_epochs
+            s = plan.summary
+            print(
+                f"seed {seed}: {s['train_blocks']} train blocks, {s['valid_blocks']} valid "
+                f"blocks of {s['block_size']} tokens; {s['total_steps']} steps; {HP}"
+            )
+            ours, ours_wall = run_ours(plan, root / f"ours-{seed}")
+            print(f"  ours:    valid_loss {ours:.4f}  wall {ours_wall:.1f}s  "
+                  f"{tokens / ours_wall:,.0f} tokens/s")  # fmt: skip
+            theirs, their_wall = run_trainer(plan, root / f"trainer-{seed}")
+            print(f"  trainer: valid_loss {theirs:.4f}  wall {their_wall:.1f}s  "
+                  f"{tokens / their_wall:,.0f} tokens/s  ratio {ours / theirs:.4f}")  # fmt: skip
+            pairs.append((ours, theirs))
+    ours = sum(o for o, _ in pairs) / len(pairs)
+    theirs = sum(t for _, t in pairs) / len(pairs)
     print(f"parity: ours={ours:.4f} trainer={theirs:.4f} ratio={ours / theirs:.4f}")
 
 

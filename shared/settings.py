@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     # This worker's device: "auto" (cuda when present, else cpu), "cpu", "cuda" or "cuda:N".
     # `gpt2ft worker` turns cuda:N into CUDA_VISIBLE_DEVICES=N for its processes.
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    # bf16 autocast for training on a CPU with bf16 units (AVX512-BF16/AMX); false: fp32.
+    cpu_bf16: bool = True
     # Share of the GPU the inference process may take, so serving never starves training.
     inference_memory_fraction: float = Field(default=0.25, gt=0, le=1)
     # The memory this worker offers to one training job, GiB; None: its GPU's total, or the

@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from shared.catalog import find_base_model
+from shared.settings import get_settings
 from shared.spec import Hyperparameters
 from worker.training.callbacks import RecordingCallbacks, StopReason
 from worker.training.classify import count_targets
@@ -32,6 +33,10 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path, models_dir: Path):
     """A dropout-free gpt2-tiny, a 2-rank spec and padded rows of very different lengths."""
+    # fp32 on every CPU: bf16 rounding differs with the ranks' batch shapes (1e-4 below).
+    env = pytest.MonkeyPatch()
+    env.setenv("GPT2FT_CPU_BF16", "false")
+    get_settings.cache_clear()
     models = tmp_path_factory.mktemp("models")
     build_random_gpt2(models / "tiny-nodrop", tokenizer_dir, {**TINY_CONFIG, **NO_DROPOUT}, "")
     base = find_base_model("tiny-nodrop", models)
@@ -52,7 +57,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path, models_
     ids, mask, labels = pad_right(rows, rows, pad_id=50256)
     data = Examples(ids, mask, labels)
     valid = Examples(ids[:3], mask[:3], labels[:3])
-    return spec, data, valid
+    yield spec, data, valid
+    env.undo()
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="module")

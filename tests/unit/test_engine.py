@@ -284,3 +284,53 @@ def test_out_of_memory_checkpoints_and_resumes_with_smaller_micro_batches(
     # (drawn per micro-batch), so the run tracks the uninterrupted one closely.
     for (step, ours), (_, theirs) in zip(resumed.logs, straight.logs[5:], strict=True):
         assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=0.01), step
+
+
+def test_fused_loss_matches_the_models_own_loss_and_gradients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from worker.training import fused_loss
+    from worker.training.fused_loss import next_token_loss
+
+    monkeypatch.setattr(fused_loss, "CHUNK_ELEMENTS", {"cpu": 16 * 1000})  # 8 chunks of 16 rows
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=1000, n_layer=1, n_head=2, n_embd=32, n_positions=64)
+    model = GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, 1000, (3, 40))
+    labels = ids.clone()
+    labels[0, :7] = -100  # a prompt the loss skips
+    reference = model(input_ids=ids, labels=labels)
+    reference.loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    predicted = reference.logits[:, :-1].argmax(-1)
+    expected_correct = ((predicted == labels[:, 1:]) & (labels[:, 1:] != -100)).sum()
+    model.zero_grad()
+
+    hidden = model.transformer(input_ids=ids, use_cache=False).last_hidden_state
+    summed, correct = next_token_loss(hidden, model.lm_head.weight, labels, torch.float32)
+    counted = (labels[:, 1:] != -100).sum()
+    (summed / counted).backward()
+
+    assert float(summed / counted) == pytest.approx(float(reference.loss), rel=1e-5)
+    assert int(correct) == int(expected_correct)
+    for name, param in model.named_parameters():
+        assert torch.allclose(param.grad, expected[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_bf16_final_validation_loss_within_2_percent_of_fp32(
+    plan: Plan, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.training import plan as plan_module
+
+    losses = {}
+    for name, has_bf16 in (("bf16", True), ("fp32", False)):
+        monkeypatch.setattr(plan_module, "cpu_has_bf16", lambda has=has_bf16: has)
+        callbacks = RecordingCallbacks()
+        result = run(plan, tmp_path / name, callbacks, device="cpu")
+        said = [text for text in callbacks.messages if text.startswith("Precision:")]
+        assert said and (name in said[0]), said
+        losses[name] = result.final_metrics["valid_loss"]
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)

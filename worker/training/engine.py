@@ -160,6 +160,7 @@ def start_loop(
     loop.metrics = read_checkpoint_info(resume_from) if resume_from else {}
     where = f"from step {run.progress.global_step}" if resume_from else "from the start"
     callbacks.on_message(f"Training {spec.model} on {run.device} {where}: {loop.total_steps} steps")
+    callbacks.on_message(f"Precision: {run.precision}", {"amp_dtype": str(run.amp_dtype)})
     return loop
 
 

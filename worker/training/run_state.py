@@ -16,9 +16,10 @@ from worker.training.checkpoints import (
     restore_rng_state,
 )
 from worker.training.classify import load_for_task
-from worker.training.device import enable_fast_matmul, pick_amp_dtype
+from worker.training.device import enable_fast_matmul
 from worker.training.examples import Examples
 from worker.training.model_loading import load_tokenizer
+from worker.training.plan import choose_precision
 from worker.training.probe import accumulation_for, probe_micro_batch
 from worker.training.results import BestState
 from worker.training.schedules import lr_multiplier, warmup_steps_for
@@ -62,6 +63,8 @@ class Run:
     accumulation: int | None = None
     # True when batch_size "auto" had the CUDA probe try the micro-batch.
     probed: bool = False
+    # What the plan chose for precision and why (said in the job's events).
+    precision: str = ""
     # Several ranks (torchrun): the DDP wrapper and this rank's place (distributed.py).
     ranks: Any = None
 
@@ -82,8 +85,9 @@ def build_optimizer(model: Any, spec: TrainingSpec) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": spec.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    # fused: one kernel for every parameter's update on CUDA instead of a dozen per tensor.
-    fused = all(p.is_cuda for p in params) and bool(params)
+    # fused: one kernel (CUDA) or one vectorised loop (CPU) for every parameter's update
+    # instead of a dozen tensor ops per parameter.
+    fused = bool(params) and all(p.is_cuda or p.device.type == "cpu" for p in params)
     return torch.optim.AdamW(
         groups, lr=spec.learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=fused or None
     )
@@ -125,12 +129,12 @@ def setup_run(
     warmup_steps = warmup_steps_for(spec.warmup_ratio, total_steps)
     schedule = lr_multiplier(spec.lr_scheduler, warmup_steps, total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    amp_dtype = pick_amp_dtype(device)
+    amp_dtype, precision = choose_precision(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     order_generator = torch.Generator().manual_seed(spec.seed)
     progress = Progress(order_state=order_generator.get_state())
     run = Run(model, tokenizer, optimizer, scheduler, scaler, device, amp_dtype, order_generator,
-              progress)  # fmt: skip
+              progress, precision=precision)  # fmt: skip
     run.accumulation = choose_micro_batch(run, spec, examples, micro_batch_limit)
     if resume_from is None:
         # Seed after loading and probing: data order and dropout depend on spec.seed only.

@@ -10,12 +10,50 @@ from shared.spec import TrainingSpec
 from worker.training import distributed
 from worker.training.classify import count_targets, evaluate_classifier, prediction_counts
 from worker.training.examples import IGNORE, as_examples
+from worker.training.fused_loss import next_token_loss
 from worker.training.run_state import Run
 
 
 def autocast(run: Run) -> torch.autocast:
-    """Mixed precision on GPU; a no-op on CPU."""
+    """Mixed precision where the plan chose it (CUDA; a CPU with bf16 units), else a no-op."""
     return torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None)
+
+
+def language_model(model: Any) -> Any:
+    """The GPT2LMHeadModel under a PEFT wrapper (LoRA layers sit inside it), or None.
+
+    None for anything else (a classifier, another architecture): those take the model's own
+    loss. With it, the loss runs from the last hidden states (worker/training/fused_loss.py).
+    """
+    from transformers import GPT2LMHeadModel
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if isinstance(inner, GPT2LMHeadModel) and type(inner.lm_head) is torch.nn.Linear:
+        return inner
+    return None
+
+
+def forward_loss(run: Run, model: Any, piece: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+    """(summed loss, correct predictions) of one micro-batch through model.
+
+    Causal LMs never build full-vocabulary logits: the body runs under autocast, the loss
+    and its gradients chunk by chunk in the autocast dtype (no KV cache either). A DDP
+    wrapper (several ranks) must see the forward itself: it takes the model's own loss.
+    """
+    lm = language_model(model)
+    labels = piece["labels"]
+    if lm is None or labels.dim() != 2:
+        with autocast(run):
+            # labels: the model shifts them by one internally.
+            output = model(**piece)
+        counted = count_targets(labels)
+        correct = prediction_counts(output.logits.detach(), labels)[0]
+        return output.loss * counted, correct
+    inputs = {name: tensor for name, tensor in piece.items() if name != "labels"}
+    with autocast(run):
+        hidden = lm.transformer(**inputs, use_cache=False).last_hidden_state
+    dtype = run.amp_dtype or torch.float32
+    return next_token_loss(hidden, lm.lm_head.weight, labels, dtype)
 
 
 def micro_batch_size(spec: TrainingSpec) -> int:
@@ -50,13 +88,13 @@ def optimizer_step(
     loss_sum = torch.zeros((), device=run.device)
     correct_sum = torch.zeros((), device=run.device, dtype=torch.long)
     for i, (piece, count) in enumerate(zip(pieces, counted, strict=True)):
-        with autocast(run), distributed.accumulating(run.ranks, i < last):
-            # labels: the model shifts them by one internally.
-            output = model(**piece)
-        weighted = output.loss * (count / total)
+        with distributed.accumulating(run.ranks, i < last):
+            summed, correct = forward_loss(run, model, piece)
+        # An idle rank's stand-in row (distributed.shard) counts 0 tokens: its loss adds nothing.
+        weighted = summed * (count > 0) / total
         run.scaler.scale(weighted * scale).backward()
         loss_sum += weighted.detach().float()
-        correct_sum += prediction_counts(output.logits.detach(), piece["labels"])[0]
+        correct_sum += correct
     loss, correct_sum = distributed.sum_over_ranks(run.ranks, loss_sum, correct_sum)
     run.scaler.unscale_(run.optimizer)
     trainable = [p for p in run.model.parameters() if p.requires_grad]
@@ -68,6 +106,24 @@ def optimizer_step(
     learning_rate = float(run.scheduler.get_last_lr()[0])
     run.scheduler.step()
     return loss.detach(), learning_rate, (correct_sum, total), grad_norm.detach()
+
+
+def evaluation_sums(
+    run: Run, batch: dict[str, torch.Tensor], labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed loss, correct next-token predictions) of one evaluation batch."""
+    lm = language_model(run.model)
+    if lm is not None:
+        with autocast(run):
+            hidden = lm.transformer(**batch, use_cache=False).last_hidden_state
+        return next_token_loss(hidden, lm.lm_head.weight, labels, run.amp_dtype or torch.float32)
+    with autocast(run):
+        logits = run.model(**batch).logits
+    logits, targets = logits[:, :-1].float(), labels[:, 1:]
+    loss = F.cross_entropy(
+        logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
+    )
+    return loss, ((logits.argmax(-1) == targets) & (targets != IGNORE)).sum()
 
 
 @torch.no_grad()
@@ -83,15 +139,9 @@ def evaluate(run: Run, blocks: Any, batch_size: int) -> dict[str, float]:
         index = torch.arange(start, min(start + batch_size, len(examples)))
         batch = examples.batch(index, run.device)
         labels = batch.pop("labels")
-        with autocast(run):
-            logits = run.model(**batch).logits
-        logits, targets = logits[:, :-1].float(), labels[:, 1:]
-        loss = F.cross_entropy(
-            logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
-        )
-        counted = targets != IGNORE
-        correct = ((logits.argmax(-1) == targets) & counted).sum()
-        sums += torch.stack([loss.double(), correct.double(), counted.sum().double()])
+        loss, correct = evaluation_sums(run, batch, labels)
+        counted = (labels[:, 1:] != IGNORE).sum()
+        sums += torch.stack([loss.double(), correct.double(), counted.double()])
     run.model.train()
     loss_sum, correct_sum, count_sum = sums.tolist()
     valid_loss = loss_sum / max(1, count_sum)
