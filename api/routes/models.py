@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from api.auth import Owner
@@ -19,7 +19,7 @@ from api.schemas import Deleted, ListPage, ModelOut
 from api.stored import stored_response
 from shared.catalog import BaseModelEntry, find_base_model, list_base_models, unavailable_reason
 from shared.db.session import session_scope
-from shared.db.tables import Checkpoint, FineTunedModel
+from shared.db.tables import TERMINAL_STATUSES, Checkpoint, FineTunedModel, Job
 from shared.ids import now_ts
 from shared.settings import get_settings
 from shared.storage import Manifest, Storage, checkpoints_prefix, get_storage
@@ -159,6 +159,39 @@ def read_model(model_id: str, owner: Owner) -> ModelOut:
     raise not_found("model", model_id, param="model")
 
 
+def delete_checkpoint(session: Session, checkpoint: Checkpoint) -> str:
+    """Delete the row of a checkpoint its job no longer needs; returns its set's prefix.
+
+    Allowed once the job has ended without a live fine-tuned model (failed, cancelled, or its
+    model deleted): otherwise the checkpoint is what the job resumes from (409), or it goes
+    with the fine-tuned model (403).
+    """
+    job = session.get(Job, checkpoint.job_id)
+    if job is not None and job.status not in TERMINAL_STATUSES:
+        raise ApiError(
+            409,
+            f"job {checkpoint.job_id} has not finished and may resume from this checkpoint; "
+            "cancel the job first",
+            param="model",
+            code="invalid_state",
+        )
+    live = session.scalar(
+        select(func.count()).where(
+            FineTunedModel.job_id == checkpoint.job_id, FineTunedModel.deleted_at.is_(None)
+        )
+    )
+    if live:
+        raise ApiError(
+            403,
+            "checkpoints are kept with their job; delete the fine-tuned model instead",
+            param="model",
+            code="forbidden",
+        )
+    path = checkpoint.path
+    session.delete(checkpoint)
+    return path
+
+
 @router.delete(
     "/{model_id:path}",
     response_model=Deleted,
@@ -166,7 +199,7 @@ def read_model(model_id: str, owner: Owner) -> ModelOut:
     summary="Delete a fine-tuned model",
 )
 def delete_model(model_id: str, owner: Owner) -> Deleted:
-    """Delete one of the caller's fine-tuned models, its checkpoints and their files."""
+    """Delete a fine-tuned model with its checkpoints, or a checkpoint of a job without one."""
     if find_base_model(model_id, get_settings().resolved_models_dir) is not None:
         raise ApiError(
             403, f"base model '{model_id}' cannot be deleted", param="model", code="forbidden"
@@ -174,14 +207,24 @@ def delete_model(model_id: str, owner: Owner) -> Deleted:
     with session_scope() as session:
         model = find_fine_tuned(session, owner, model_id)
         if model is None:
-            if find_checkpoint(session, owner, model_id) is not None:
-                raise ApiError(
-                    403,
-                    "checkpoints are kept with their job; delete the fine-tuned model instead",
-                    param="model",
-                    code="forbidden",
-                )
-            raise not_found("model", model_id, param="model")
+            checkpoint = find_checkpoint(session, owner, model_id)
+            if checkpoint is None:
+                raise not_found("model", model_id, param="model")
+            sets, parents = [delete_checkpoint(session, checkpoint)], []
+        else:
+            model.deleted_at = now_ts()
+            # Its checkpoints go with it: no longer servable, listed or counted in the quota.
+            session.execute(delete(Checkpoint).where(Checkpoint.job_id == model.job_id))
+            sets, parents = [model.path], [checkpoints_prefix(model.job_id)]
+    storage = get_storage()
+    for prefix in sets:
+        storage.delete_set(prefix)
+    for parent in parents:
+        storage.delete_prefix(parent)
+    return Deleted(id=model_id, object="model")
+    with session_scope() as session:
+        model = session.get(FineTunedModel, model.id)
+        assert model is not None
         model.deleted_at = now_ts()
         # Its checkpoints go with it: no longer servable, listed or counted in the quota.
         session.execute(delete(Checkpoint).where(Checkpoint.job_id == model.job_id))

@@ -19,7 +19,7 @@ from shared.model_size import model_shape, output_bytes_estimate
 from shared.settings import get_settings
 from shared.storage import checkpoints_prefix, get_storage, step_of
 from tests.integration.conftest import GOOD_JSONL, upload
-from tests.integration.test_races_worker import messages
+from tests.integration.test_races_worker import after_training, messages
 from tests.integration.test_reliability_limits import limit
 from worker.outcomes import Outcome
 from worker.run_job import run_job
@@ -145,3 +145,38 @@ def test_a_job_that_would_pass_the_quota_is_refused_at_create(
     assert response.status_code == 200, response.text
     # The running job holds its place: nothing more fits until it is done.
     assert_upload_over_quota(api, alice)
+
+
+def test_checkpoints_of_a_cancelled_job_can_be_deleted_to_free_the_quota(
+    api: TestClient, alice: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No fine-tuned model deletes them with it: the owner deletes them one by one."""
+    training = upload(api, alice, GOOD_JSONL)
+    body = job_body(str(training["id"]), keep_checkpoints=1)
+    job_id = api.post(JOBS, headers=alice, json=body).json()["id"]
+    ids: list[str] = []
+
+    def first_checkpoint_then_cancel() -> None:
+        listed = api.get(f"{JOBS}/{job_id}/checkpoints", headers=alice).json()["data"]
+        ids.extend(c["fine_tuned_model_checkpoint"] for c in listed)
+        # While the job runs, a checkpoint is what it would resume from.
+        refused = api.delete(f"/v1/models/{ids[0]}", headers=alice)
+        assert refused.status_code == 409, refused.text
+        cancelled = api.post(f"{JOBS}/{job_id}/cancel", headers=alice)
+        assert cancelled.status_code == 200, cancelled.text
+
+    after_training(monkeypatch, first_checkpoint_then_cancel)
+    assert run_job(job_id, "w1") is Outcome.cancelled
+    rows = checkpoint_rows(job_id)
+    assert rows and sorted(r.fine_tuned_model_checkpoint for r in rows) == sorted(ids)
+    with session_scope() as session:
+        files = stored_bytes(session, "alice") - sum(r.bytes for r in rows)
+
+    for checkpoint_id in ids:
+        deleted = api.delete(f"/v1/models/{checkpoint_id}", headers=alice)
+        assert deleted.status_code == 200, deleted.text
+        assert api.get(f"/v1/models/{checkpoint_id}", headers=alice).status_code == 404
+    assert checkpoint_rows(job_id) == []
+    assert get_storage().published_sets(checkpoints_prefix(job_id)) == []
+    with session_scope() as session:
+        assert stored_bytes(session, "alice") == files
