@@ -140,7 +140,7 @@ def start_loop(
     micro_batch_limit: int | None,
 ) -> Loop:
     """Set the run up (fresh or resumed) and announce where training starts."""
-    if not train_blocks:
+    if len(train_blocks) == 0:  # a list of blocks, an array of them, or Examples
         raise ValueError("no training blocks: plan_training should have refused this corpus")
     steps_per_epoch = math.ceil(len(train_blocks) / spec.batch_size)
     # Packed blocks (lists of ids) or per-record Examples: batched the same way by index.
