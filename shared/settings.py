@@ -73,9 +73,10 @@ class Settings(BaseSettings):
     stream_idle_seconds: float = Field(default=300.0, gt=0)
     # Loaded models kept per inference worker.
     inference_cache_size: int = Field(default=2, ge=1, le=32)
-    # Per-owner quotas: more active jobs or stored bytes than this answers 429.
+    # Per-owner quotas: more active jobs or stored bytes than this answers 429. 100 GiB holds a
+    # full gpt2-xl job's estimated outputs (about 62 GB with the default keep_checkpoints).
     max_active_jobs_per_owner: int = Field(default=4, ge=1)
-    max_stored_bytes_per_owner: int = Field(default=10 * 1024**3, ge=1)
+    max_stored_bytes_per_owner: int = Field(default=100 * 1024**3, ge=1)
     metrics_flush_seconds: float = Field(default=2.0, gt=0)
     log_level: str = "INFO"
 

@@ -61,7 +61,7 @@ def test_storage_quota_is_429_and_stores_nothing(
     bob: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert get_settings().max_stored_bytes_per_owner == 10 * 1024**3
+    assert get_settings().max_stored_bytes_per_owner == 100 * 1024**3
     limit(monkeypatch, "max_stored_bytes_per_owner", int(len(GOOD_JSONL) * 1.5))
     kept = upload(api, alice, GOOD_JSONL)["id"]
     files_before = stored_files()

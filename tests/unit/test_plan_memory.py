@@ -12,15 +12,16 @@ from pathlib import Path
 
 RECORDS = 500_000
 # Two tokens a record ("a" and EOS). Planning keeps the int32 stream, its split (int32) and
-# the int64 blocks training uses: 16 bytes a token, 16 MB here. Measured: +36 MB in a shell,
-# +93 to +137 MB under pytest on a loaded 2-core machine (allocator arenas, tokenizer threads).
-# Before, the list of dicts, strings and per-record token lists, and the tokenizer's
-# per-record objects, grew the peak by 883 MB here: the bound sits well between.
-MAX_GROWTH_MB = 256
+# the int64 blocks training uses: 16 bytes a token, 16 MB here, plus one batch of records.
+# The bound is on what Python and numpy allocate (tracemalloc's peak): peak RSS in a shell
+# grows by 11-36 MB, but under pytest it varied from +73 to +274 MB (not explained; the
+# allocator's arenas?), so RSS is printed, not asserted. Before, the list of dicts, strings
+# and per-record token lists grew the peak RSS by 883 MB here.
+MAX_TRACED_MB = 64
 
 
 SCRIPT = """
-import json, resource, sys
+import json, resource, sys, tracemalloc
 from pathlib import Path
 from shared.catalog import find_base_model
 from shared.spec import Hyperparameters, TaskOptions
@@ -44,9 +45,12 @@ def rss_kb():
 
 plan(small)  # imports, tokenizer and model config loaded: the baseline
 before = rss_kb()
+tracemalloc.start()
 result = plan(big)
+traced_peak = tracemalloc.get_traced_memory()[1]
+tracemalloc.stop()
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"before_kb": before, "after_kb": after,
+print(json.dumps({"before_kb": before, "after_kb": after, "traced_peak": traced_peak,
                   "corpus_tokens": result.summary["corpus_tokens"]}))
 """
 
@@ -71,5 +75,8 @@ def test_planning_tiny_records_stays_near_the_token_arrays(
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["corpus_tokens"] == 2 * RECORDS
     growth_mb = (figures["after_kb"] - figures["before_kb"]) / 1024
-    print(f"planning {RECORDS} tiny records: peak RSS grew {growth_mb:.0f} MB")
-    assert growth_mb < MAX_GROWTH_MB, figures
+    traced_mb = figures["traced_peak"] / 2**20
+    print(
+        f"planning {RECORDS} tiny records: traced peak {traced_mb:.0f} MB, RSS +{growth_mb:.0f} MB"
+    )
+    assert traced_mb < MAX_TRACED_MB, figures
