@@ -170,16 +170,17 @@ class _Stream:
         return []
 
     def close(self) -> None:
-        """Free the slot; tell a worker still generating to stop; drop the list (never raises)."""
-        if self.slot is not None:
-            free_slot(self.slot)
-            self.slot = None
+        """Tell a worker still generating to stop, drop the list, then free the slot (never
+        raises). In that order: whoever sees the slot free finds the worker told."""
         with contextlib.suppress(redis.RedisError):
             pipe = slot_client().pipeline(transaction=False)
             if not self.ended:
                 pipe.set(self.key + ":cancel", 1, ex=int(self.timeout) + 60)
             pipe.delete(self.key)
             pipe.execute()
+        if self.slot is not None:
+            free_slot(self.slot)
+            self.slot = None
 
     async def open(self) -> None:
         """Send the task and wait for `start`; errors before it are plain HTTP errors."""

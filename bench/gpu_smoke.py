@@ -194,6 +194,9 @@ def pause_and_resume(device: str, files: dict[str, str]) -> dict[str, Any]:
         steps[0] += 1
         if steps[0] == 3:
             service.set_job(job_id, pause_requested=True)  # as POST .../pause does
+            # The run reads the flag at its next poll (every 0.5 s): wait for it here, or a
+            # fast device finishes the whole job first.
+            time.sleep(1.5)
         return real_step(run, batch, spec)
 
     engine.optimizer_step = step  # type: ignore[assignment]
