@@ -95,7 +95,7 @@ def send_training(job_id: str) -> bool:
     return True
 
 
-def _unreachable(task: str, exc: Exception) -> ApiError:
+def redis_unreachable(task: str, exc: Exception) -> ApiError:
     """503 for a broker or result store that does not answer."""
     log.warning("task queue unreachable for %s: %s", task, exc)
     queue_app.cache_clear()  # a result consumer that gave up must not serve the next request
@@ -143,7 +143,7 @@ def _ask_inference_worker(
         return _send_and_wait(task, {**request, "deadline": time.time() + timeout}, timeout)
 
 
-def _no_worker(timeout: float) -> ApiError:
+def no_worker_error(timeout: float) -> ApiError:
     return ApiError(
         503,
         f"no inference worker answered within {timeout:g}s; is `gpt2ft worker` running?",
@@ -152,7 +152,9 @@ def _no_worker(timeout: float) -> ApiError:
     )
 
 
-def _send(task: str, request: dict[str, Any], timeout: float, task_id: str | None = None) -> Any:
+def send_request(
+    task: str, request: dict[str, Any], timeout: float, task_id: str | None = None
+) -> Any:
     """Put task on the inference queue (an AsyncResult); 503 when the broker does not answer."""
     try:
         return current_app().send_task(
@@ -165,7 +167,7 @@ def _send(task: str, request: dict[str, Any], timeout: float, task_id: str | Non
             retry_policy=_RETRY_POLICY,
         )
     except Exception as exc:
-        raise _unreachable(task, exc) from None
+        raise redis_unreachable(task, exc) from None
 
 
 def _checked(task: str, answer: object, timeout: float) -> dict[str, Any]:
@@ -175,19 +177,19 @@ def _checked(task: str, answer: object, timeout: float) -> dict[str, Any]:
         # The worker's exception text stays in the logs: it can quote paths and other input.
         raise ApiError(500, "the inference worker failed; see the worker log", type="server_error")
     if (answer.get("error") or {}).get("code") == "deadline_exceeded":
-        raise _no_worker(timeout)
+        raise no_worker_error(timeout)
     return answer
 
 
 def _send_and_wait(task: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Send and wait in this thread (sync callers: the dry run of a job create)."""
-    result = _send(task, request, timeout)
+    result = send_request(task, request, timeout)
     try:
         answer = result.get(timeout=timeout, propagate=False)
     except CeleryTimeout:
-        raise _no_worker(timeout) from None
+        raise no_worker_error(timeout) from None
     except Exception as exc:
-        raise _unreachable(task, exc) from None
+        raise redis_unreachable(task, exc) from None
     finally:
         with contextlib.suppress(Exception):
             result.forget()
@@ -211,7 +213,7 @@ async def _send_and_await(task: str, request: dict[str, Any], timeout: float) ->
     pubsub = client.pubsub()
     try:
         await pubsub.subscribe(key)
-        await run_in_threadpool(_send, task, request, timeout, task_id)
+        await run_in_threadpool(send_request, task, request, timeout, task_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         raw = await client.get(key)
@@ -244,9 +246,9 @@ async def _ask_inference_worker_async(
         try:
             answer = await _send_and_await(task, request, timeout)
         except RedisError as exc:
-            raise _unreachable(task, exc) from None
+            raise redis_unreachable(task, exc) from None
         if answer is None:
-            raise _no_worker(timeout)
+            raise no_worker_error(timeout)
         return _checked(task, answer, timeout)
     finally:
         await run_in_threadpool(free_slot, slot)

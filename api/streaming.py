@@ -23,7 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from api.errors import ApiError
-from api.queue import _no_worker, _send, _unreachable, claim_inference_slot
+from api.queue import claim_inference_slot, no_worker_error, redis_unreachable, send_request
 from api.slots import Slot, free_slot, slot_client
 from shared.naming import GENERATE_TASK
 from shared.settings import get_settings
@@ -157,7 +157,7 @@ class _Stream:
 
     def _send_task(self) -> None:
         self.slot = claim_inference_slot(self.owner, self.timeout)
-        _send(GENERATE_TASK, self.request, self.timeout)
+        send_request(GENERATE_TASK, self.request, self.timeout)
 
     async def next_events(self) -> list[dict[str, Any]]:
         """The worker's events so far (waiting for the first), or [] once the deadline passed."""
@@ -189,7 +189,7 @@ class _Stream:
             events = await self.next_events()
         except redis.RedisError as exc:
             self.close()
-            raise _unreachable(GENERATE_TASK, exc) from None
+            raise redis_unreachable(GENERATE_TASK, exc) from None
         except BaseException:
             self.close()
             raise
@@ -199,7 +199,7 @@ class _Stream:
             self.close()
             error = (first or {}).get("error") or {}
             if first is None or error.get("code") == "deadline_exceeded":
-                raise _no_worker(self.timeout)
+                raise no_worker_error(self.timeout)
             raise ApiError(
                 400, str(error.get("message", "generation failed")), param=error.get("param")
             )
