@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, FastAPI
 
 from api.auth import require_owner
 from api.errors import install_error_handlers
+from api.job_reads import CachedJobReads
 from api.observability import LatencyMiddleware
 from api.observability import router as prometheus_router
 from api.request_guard import RequestGuard
@@ -33,7 +34,10 @@ def create_app() -> FastAPI:
         summary="Self-hosted GPT-2 fine-tuning with an OpenAI-shaped API",
     )
     install_error_handlers(app)
-    # The guard runs inside the latency middleware, so its early 401/413 answers are timed.
+    # Innermost first: a fresh job poll is answered before routing, once the guard has
+    # authenticated it; the guard runs inside the latency middleware, so its early 401/413
+    # answers are timed.
+    app.add_middleware(CachedJobReads)
     app.add_middleware(RequestGuard)
     app.add_middleware(LatencyMiddleware)
     # Routes match in the order they are included, one by one: the probes first (a load

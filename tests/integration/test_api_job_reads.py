@@ -88,3 +88,40 @@ def test_pollers_missing_together_share_one_load(
     # SQLite: one load shared (two if a commit came between); other databases: one per read.
     expected = 2 if get_engine().url.get_backend_name() == "sqlite" else 20
     assert 1 <= len(loads) <= expected, loads
+
+
+def cached_reads_counted(api: TestClient) -> float:
+    """The latency histogram's count of 200 job reads, under the route's template."""
+    prefix = (
+        'gpt2ft_http_request_duration_seconds_count{method="GET",'
+        'route="/v1/fine_tuning/jobs/{job_id}",status="200"} '
+    )
+    lines = api.get("/metrics").text.splitlines()
+    return sum(float(line[len(prefix) :]) for line in lines if line.startswith(prefix))
+
+
+def test_an_answer_from_memory_is_the_routes_answer_and_is_timed_under_its_route(
+    api: TestClient, alice: dict[str, str], bob: dict[str, str], monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from api import job_reads
+
+    training = upload(api, alice, GOOD_JSONL)
+    body = {"model": "gpt2-tiny", "training_file": training["id"]}
+    job_id = api.post(JOBS, headers=alice, json=body).json()["id"]
+    loads: list[str] = []
+    real_load = job_reads.load
+    monkeypatch.setattr(job_reads, "load", lambda *a: loads.append(a[0]) or real_load(*a))
+    before = cached_reads_counted(api)
+    first = api.get(f"{JOBS}/{job_id}", headers=alice)  # the route's load fills the entry
+    second = api.get(f"{JOBS}/{job_id}", headers=alice)  # answered before routing (SQLite)
+    assert len(loads) == (1 if get_engine().url.get_backend_name() == "sqlite" else 2)
+    assert second.status_code == 200 and second.content == first.content
+    assert second.headers["content-type"] == "application/json"
+    assert int(second.headers["content-length"]) == len(second.content)
+    assert cached_reads_counted(api) - before == 2
+    # Not the owner, no key, a bad key, another method: never the cached body.
+    assert api.get(f"{JOBS}/{job_id}", headers=bob).status_code == 404
+    assert api.get(f"{JOBS}/{job_id}").status_code == 401
+    assert api.get(f"{JOBS}/{job_id}", headers={"Authorization": "Bearer sk-x"}).status_code == 401
+    assert api.delete(f"{JOBS}/{job_id}", headers=alice).status_code == 405
+    assert api.get(f"{JOBS}/{job_id}/events", headers=alice).json()["object"] == "list"

@@ -64,3 +64,33 @@ def test_local_folder_without_safetensors_is_refused(models_dir: Path, tmp_path:
         ensure_available(base)
     assert "missing model.safetensors" in str(caught.value)
     assert "save_pretrained" in str(caught.value)
+
+
+def test_loaded_models_compute_gelu_new_with_the_fused_kernel(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    from worker.training.classify import load_classifier
+
+    location = str(models_dir / "gpt2-tiny")
+    model = load_causal_lm(location, "cpu")
+    classifier = load_classifier(location, torch.device("cpu"), ["a", "b"])
+    for loaded in (model, classifier):
+        kinds = {type(m) for m in loaded.modules()}
+        assert NewGELUActivation not in kinds and GELUTanh in kinds
+    # The same function as the stock model's gelu_new, so the same logits.
+    stock = AutoModelForCausalLM.from_pretrained(location).eval()
+    assert any(type(m) is NewGELUActivation for m in stock.modules())
+    ids = torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, theirs = model.eval()(input_ids=ids).logits, stock(input_ids=ids).logits
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
+    # Saved models still name gelu_new: nothing downstream sees the swap.
+    model.save_pretrained(tmp_path / "saved")
+    config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert config["activation_function"] == "gelu_new"

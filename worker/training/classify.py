@@ -11,7 +11,12 @@ from worker.training.data import tokenize_records
 from worker.training.device import inference_dtype
 from worker.training.examples import IGNORE, Examples, pad_left
 from worker.training.model_cache import ModelCache
-from worker.training.model_loading import _load_kwargs, load_tokenizer, model_load_kwargs
+from worker.training.model_loading import (
+    _load_kwargs,
+    fused_activations,
+    load_tokenizer,
+    model_load_kwargs,
+)
 
 # Enough for a handful of fine-tuned classifiers per inference worker.
 CACHE_SIZE = 4
@@ -39,7 +44,7 @@ def load_classifier(
     )
     # GPT-2 has no pad token: EOS pads (on the left), and the head reads the last real token.
     model.config.pad_token_id = model.config.eos_token_id
-    return model.to(device)
+    return fused_activations(model).to(device)
 
 
 def is_classifier(location: str | Path) -> bool:

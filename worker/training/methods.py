@@ -2,6 +2,7 @@
 
 import copy
 import itertools
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -125,12 +126,22 @@ def cpu_copy(model: Any) -> Any:
     return copy.deepcopy(model, memo)
 
 
+def link_or_copy(source: str, target: str) -> None:
+    """A hard link (no bytes written: a checkpoint's files are never changed in place, only
+    deleted, which leaves the link), else a copy across file systems."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def copy_model_files(checkpoint: Path, final_dir: Path) -> None:
-    """Copy a checkpoint's model, tokenizer and adapter (not its resume state) into final_dir."""
+    """A checkpoint's model, tokenizer and adapter (not its resume state) into final_dir,
+    hard-linked where the file system allows."""
     for path in checkpoint.iterdir():
         if path.name.startswith("training_state"):
             continue
         if path.is_dir():
-            shutil.copytree(path, final_dir / path.name)
+            shutil.copytree(path, final_dir / path.name, copy_function=link_or_copy)
         else:
-            shutil.copy2(path, final_dir / path.name)
+            link_or_copy(str(path), str(final_dir / path.name))
