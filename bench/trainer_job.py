@@ -4,8 +4,10 @@ python -m bench.trainer_job DATA.pt MODEL_DIR OUT_DIR CONFIG
 DATA.pt holds {"train": rows, "valid": rows, "pad_to": int | None, "hp": {...}}: packed blocks
 (pad_to None) or per-record token lists padded to pad_to (the seed's setup for short records).
 CONFIG: stock (fp32, adamw_torch), bf16 (bf16 autocast + adamw_torch_fused), compile (the same
-plus torch_compile). One epoch, one evaluation and one save at its end, then save_model, as a
-30-line fine-tuning script does. Prints `trainer: {json}` with the tokens trained.
+plus torch_compile); on a CPU without bf16 units (where bf16 is emulated, ~9x slower) their fp32
+counterparts fused (adamw_torch_fused) and fused_compile (the same plus torch_compile).
+One epoch, one evaluation and one save at its end, then save_model, as a 30-line fine-tuning
+script does. Prints `trainer: {json}` with the tokens trained.
 """
 
 import json
@@ -20,6 +22,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "stock": {},
     "bf16": {"bf16": True, "optim": "adamw_torch_fused"},
     "compile": {"bf16": True, "optim": "adamw_torch_fused", "torch_compile": True},
+    "fused": {"optim": "adamw_torch_fused"},
+    "fused_compile": {"optim": "adamw_torch_fused", "torch_compile": True},
 }
 
 

@@ -15,15 +15,22 @@ import torch
 from worker.training.examples import IGNORE
 
 # Logit elements per chunk: each chunk also adds a vocabulary x width weight gradient, so few
-# large chunks. CPU: 2^27 fp32 (512 MiB, 2,670 GPT-2 tokens): a step of gpt2-small shape at
-# 8 x 512 spends 10.0 s in this loss against 14.4 s with 2^23 (bench/NOTES.md). GPU: 2^28.
-CHUNK_ELEMENTS = {"cpu": 2**27}
+# large chunks. CPU: 2^23 fp32 (32 MiB) for every 48 of width, at most 2^27 (512 MiB): a narrow
+# model's matmuls are bound by the logits' memory traffic and like chunks that stay in cache
+# (gpt2-tiny, width 64: 485 ms a step at 2^23, 572 at 2^27), a wide one's by arithmetic and
+# like large ones (gpt2-small shape at 8 x 512: 14.1 s at 2^23, 10.7 s at 2^27;
+# bench/NOTES.md). GPU: 2^28.
+CHUNK_ELEMENTS = {"cpu": 2**23}
+CPU_MAX_CHUNK_ELEMENTS = 2**27
 GPU_CHUNK_ELEMENTS = 2**28
 
 
-def chunk_rows(vocab: int, device: torch.device) -> int:
-    """Tokens per chunk for a vocabulary of this size on this device."""
-    elements = CHUNK_ELEMENTS.get(device.type, GPU_CHUNK_ELEMENTS)
+def chunk_rows(vocab: int, width: int, device: torch.device) -> int:
+    """Tokens per chunk for a vocabulary and model width on this device."""
+    if device.type in CHUNK_ELEMENTS:
+        elements = min(CPU_MAX_CHUNK_ELEMENTS, CHUNK_ELEMENTS[device.type] * max(1, width // 48))
+    else:
+        elements = GPU_CHUNK_ELEMENTS
     return max(16, elements // max(1, vocab))
 
 
@@ -52,7 +59,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         )
         loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         correct = torch.zeros((), dtype=torch.long, device=hidden.device)
-        step = chunk_rows(weight.shape[0], hidden.device)
+        step = chunk_rows(weight.shape[0], weight.shape[1], hidden.device)
         for start in range(0, rows, step):
             h = hidden[start : start + step].detach().to(dtype)
             t = targets[start : start + step]

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from shared.spec import TrainingSpec
+from worker.training.attention import use_fast_attention
 from worker.training.checkpoints import (
     capture_rng_state,
     load_training_state,
@@ -121,6 +122,8 @@ def setup_run(
     """Load the model (base or checkpoint) and build optimizer, scheduler and scaler."""
     enable_fast_matmul(device)
     model = load_for_task(spec, device, resume_from)
+    # Under a LoRA wrapper, the model it wraps holds the attention setting.
+    use_fast_attention(model.get_base_model() if hasattr(model, "get_base_model") else model)
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
