@@ -34,7 +34,7 @@ def test_chat_fine_tune_then_chat_completions(client, service: Service, tmp_path
     job = client.fine_tuning.jobs.create(
         model="gpt2-tiny",
         training_file=training.id,
-        hyperparameters={"n_epochs": 2, "batch_size": 8},
+        hyperparameters={"n_epochs": 5, "batch_size": 2},
         seed=42,
         extra_body={"task": "chat", "max_length": 64, "learning_rate": 1e-2},
     )
