@@ -56,24 +56,37 @@ def test_unknown_job_is_404(api: TestClient, alice: dict[str, str]) -> None:
     assert response.json()["error"]["message"].startswith("No such job")
 
 
-def test_pollers_missing_together_share_one_load(
-    api: TestClient, alice: dict[str, str], monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
-    from api import job_reads
-    from api.app import create_app
-
-    training = upload(api, alice, GOOD_JSONL)
+def queued_job(api: TestClient, headers: dict[str, str]) -> str:
+    """A new job's id (queued: nothing runs it here)."""
+    training = upload(api, headers, GOOD_JSONL)
     body = {"model": "gpt2-tiny", "training_file": training["id"]}
-    job_id = api.post(JOBS, headers=alice, json=body).json()["id"]
+    return str(api.post(JOBS, headers=headers, json=body).json()["id"])
+
+
+def counted_loads(monkeypatch, delay: float = 0.0) -> list[str]:  # type: ignore[no-untyped-def]
+    """The job ids job_reads.load is called with from now on, each load delay seconds slower."""
+    from api import job_reads
+
     loads: list[str] = []
     real_load = job_reads.load
 
     def counted(*args: object) -> bytes:
         loads.append(str(args[0]))
-        time.sleep(0.2)  # a slow database: the other pollers arrive while this one reads
+        time.sleep(delay)
         return real_load(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(job_reads, "load", counted)
+    return loads
+
+
+def test_pollers_missing_together_share_one_load(
+    api: TestClient, alice: dict[str, str], monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from api.app import create_app
+
+    job_id = queued_job(api, alice)
+    # A slow database: the other pollers arrive while the first one reads.
+    loads = counted_loads(monkeypatch, delay=0.2)
 
     async def poll_together() -> list[dict[str, object]]:
         transport = httpx.ASGITransport(app=create_app())
@@ -103,14 +116,8 @@ def cached_reads_counted(api: TestClient) -> float:
 def test_an_answer_from_memory_is_the_routes_answer_and_is_timed_under_its_route(
     api: TestClient, alice: dict[str, str], bob: dict[str, str], monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    from api import job_reads
-
-    training = upload(api, alice, GOOD_JSONL)
-    body = {"model": "gpt2-tiny", "training_file": training["id"]}
-    job_id = api.post(JOBS, headers=alice, json=body).json()["id"]
-    loads: list[str] = []
-    real_load = job_reads.load
-    monkeypatch.setattr(job_reads, "load", lambda *a: loads.append(a[0]) or real_load(*a))
+    job_id = queued_job(api, alice)
+    loads = counted_loads(monkeypatch)
     before = cached_reads_counted(api)
     first = api.get(f"{JOBS}/{job_id}", headers=alice)  # the route's load fills the entry
     second = api.get(f"{JOBS}/{job_id}", headers=alice)  # answered before routing (SQLite)
