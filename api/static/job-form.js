@@ -233,10 +233,16 @@ export function initNewJob() {
       const form = new FormData();
       form.append("purpose", "fine-tune");
       form.append("file", file, file.name);
-      const uploaded = await api("/v1/files", { method: "POST", form });
+      $("upload-result").textContent = `Uploading ${file.name}…`;
+      const uploaded = await api("/v1/files", { method: "POST", form }).catch((err) => {
+        $("upload-result").textContent = "";
+        throw err;
+      });
+      // Say it is uploaded once the list offers it and has chosen it, not before: a user (or a
+      // test) acting on the message finds the file in the form.
+      await loadFiles(uploaded.id);
       $("upload-result").textContent =
         `Uploaded ${uploaded.filename} as ${uploaded.id}: ${size(uploaded.bytes)}, ${number(uploaded.records)} records (${uploaded.format}).`;
-      await loadFiles(uploaded.id);
     });
   });
   $("job-training-file").addEventListener("change", () => {

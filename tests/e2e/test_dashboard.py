@@ -180,6 +180,16 @@ def test_key_form_and_new_job_with_every_option_and_a_dry_run(
     assert page.locator(f"#job-training-file option[value='{results}']").count() == 0
     assert page.input_value("#job-training-file") == ""
 
+    # A refused upload says why in the banner and leaves no "Uploading" message behind.
+    page.set_input_files(
+        "#upload-file",
+        files=[{"name": "empty.jsonl", "mimeType": "application/jsonl", "buffer": b""}],
+    )
+    page.click("#upload-button")
+    page.wait_for_selector("#error-text:has-text('the file is empty')")
+    assert page.inner_text("#upload-result") == ""
+    assert page.input_value("#job-training-file") == ""
+
     records = [{"prompt": joke.split("?")[0] + "?", "completion": joke} for joke in JOKES * 6]
     page.set_input_files(
         "#upload-file",
@@ -193,8 +203,9 @@ def test_key_form_and_new_job_with_every_option_and_a_dry_run(
     )
     page.click("#upload-button")
     page.wait_for_selector("#upload-result:has-text('Uploaded pairs.jsonl')")
+    # By the time it says so, the new file is the one chosen.
     file_id = page.input_value("#job-training-file")
-    assert file_id.startswith("file-")
+    assert file_id.startswith("file-") and file_id in page.inner_text("#upload-result")
     # The preview shows the file's first records, parsed.
     page.wait_for_selector("#file-preview li.record")
     preview = page.locator("#file-preview li.record")
