@@ -239,10 +239,14 @@ export function initNewJob() {
         throw err;
       });
       // Say it is uploaded once the list offers it and has chosen it, not before: a user (or a
-      // test) acting on the message finds the file in the form.
-      await loadFiles(uploaded.id);
-      $("upload-result").textContent =
-        `Uploaded ${uploaded.filename} as ${uploaded.id}: ${size(uploaded.bytes)}, ${number(uploaded.records)} records (${uploaded.format}).`;
+      // test) acting on the message finds the file in the form. It is uploaded even if the
+      // list or the preview then fails (that error goes to the banner).
+      try {
+        await loadFiles(uploaded.id);
+      } finally {
+        $("upload-result").textContent =
+          `Uploaded ${uploaded.filename} as ${uploaded.id}: ${size(uploaded.bytes)}, ${number(uploaded.records)} records (${uploaded.format}).`;
+      }
     });
   });
   $("job-training-file").addEventListener("change", () => {
