@@ -96,7 +96,10 @@ class Api:
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         response = self.http.get(f"/fine_tuning/jobs/{job_id}/events", params={"limit": 1000})
-        return sorted(response.json()["data"], key=lambda e: (e["created_at"], e["id"]))
+        # The API lists newest first in the order written. Not sorted by created_at: it is whole
+        # seconds, and two epochs' evaluations of a tiny job can share one (CI took epoch 1's
+        # valid_loss as the final one when the random ids tied them the wrong way round).
+        return list(reversed(response.json()["data"]))
 
     def messages(self, job_id: str) -> list[str]:
         return [e["message"] for e in self.events(job_id) if e["type"] == "message"]

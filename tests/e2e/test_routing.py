@@ -49,7 +49,8 @@ def create(api: httpx.Client, file_id: str) -> str:
 
 def messages(api: httpx.Client, job_id: str) -> list[str]:
     data = api.get(f"/fine_tuning/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
-    return [e["message"] for e in sorted(data, key=lambda e: (e["created_at"], e["id"]))]
+    # Newest first in the order written; created_at is whole seconds (ties are common).
+    return [e["message"] for e in data[::-1]]
 
 
 def claims(service: Service, name: str, job_id: str) -> int:

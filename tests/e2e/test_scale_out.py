@@ -75,7 +75,8 @@ class Fleet:
 
     def messages(self, job_id: str) -> list[str]:
         events = self.http.get(f"/fine_tuning/jobs/{job_id}/events", params={"limit": 1000})
-        data = sorted(events.json()["data"], key=lambda e: (e["created_at"], e["id"]))
+        # Newest first in the order written; created_at is whole seconds (ties are common).
+        data = events.json()["data"][::-1]
         return [e["message"] for e in data if e["type"] == "message"]
 
     def holder(self, job_id: str) -> str:
