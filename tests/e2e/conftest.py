@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -133,6 +134,18 @@ def upload_text(api: httpx.Client, name: str, text: str) -> str:
     )
     assert response.status_code == 200, response.text
     return str(response.json()["id"])
+
+
+def job_events(api: httpx.Client, job_id: str) -> list[dict[str, Any]]:
+    """A job's events oldest first: the API's newest-first list (by write order) reversed.
+
+    Never re-sorted by created_at: it is whole seconds, and two epochs' evaluations of a tiny
+    job can share one (a sort with the random ids as tie-break once made epoch 1's valid_loss
+    the "final" one).
+    """
+    response = api.get(f"/fine_tuning/jobs/{job_id}/events", params={"limit": 1000})
+    assert response.status_code == 200, response.text
+    return list(reversed(response.json()["data"]))
 
 
 @pytest.fixture(scope="module")

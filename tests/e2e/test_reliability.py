@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from tests.e2e.conftest import Service, wait_until
+from tests.e2e.conftest import Service, job_events, wait_until
 from tests.e2e.corpus import corpus_text
 
 pytestmark = pytest.mark.e2e
@@ -95,11 +95,7 @@ class Api:
         return found
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
-        response = self.http.get(f"/fine_tuning/jobs/{job_id}/events", params={"limit": 1000})
-        # The API lists newest first in the order written. Not sorted by created_at: it is whole
-        # seconds, and two epochs' evaluations of a tiny job can share one (CI took epoch 1's
-        # valid_loss as the final one when the random ids tied them the wrong way round).
-        return list(reversed(response.json()["data"]))
+        return job_events(self.http, job_id)
 
     def messages(self, job_id: str) -> list[str]:
         return [e["message"] for e in self.events(job_id) if e["type"] == "message"]

@@ -12,7 +12,14 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.e2e.conftest import GPT2FT, Service, api_client, upload_text, wait_until
+from tests.e2e.conftest import (
+    GPT2FT,
+    Service,
+    api_client,
+    job_events,
+    upload_text,
+    wait_until,
+)
 from tests.e2e.corpus import corpus_text
 from tests.e2e.test_reliability import TERMINAL
 
@@ -48,9 +55,7 @@ def create(api: httpx.Client, file_id: str) -> str:
 
 
 def messages(api: httpx.Client, job_id: str) -> list[str]:
-    data = api.get(f"/fine_tuning/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
-    # Newest first in the order written; created_at is whole seconds (ties are common).
-    return [e["message"] for e in data[::-1]]
+    return [e["message"] for e in job_events(api, job_id)]
 
 
 def claims(service: Service, name: str, job_id: str) -> int:

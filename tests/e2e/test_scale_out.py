@@ -21,7 +21,7 @@ import pytest
 from shared.storage import Storage, job_prefix
 from shared.storage.s3 import S3Storage
 from tests.conftest import POSTGRES_URL, postgres_available
-from tests.e2e.conftest import GPT2FT, REPO, Service, free_port, wait_until
+from tests.e2e.conftest import GPT2FT, REPO, Service, free_port, job_events, wait_until
 from tests.e2e.corpus import corpus_text
 from tests.e2e.test_reliability import FAST, TERMINAL, parent_pid
 from tests.s3server import KEY_ID, SECRET, S3Server
@@ -74,10 +74,7 @@ class Fleet:
         return self.job(job_id)
 
     def messages(self, job_id: str) -> list[str]:
-        events = self.http.get(f"/fine_tuning/jobs/{job_id}/events", params={"limit": 1000})
-        # Newest first in the order written; created_at is whole seconds (ties are common).
-        data = events.json()["data"][::-1]
-        return [e["message"] for e in data if e["type"] == "message"]
+        return [e["message"] for e in job_events(self.http, job_id) if e["type"] == "message"]
 
     def holder(self, job_id: str) -> str:
         """The worker 'host' whose Celery child holds the job's lease."""
